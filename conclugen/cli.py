@@ -26,11 +26,14 @@ SetOpt = Annotated[
 ]
 
 
-def _load(config: Path | None, overrides: list[str] | None, **extra: object) -> Config:
+def _load(
+    config: Path | None, overrides: list[str] | None, base: dict | None = None, **extra: object
+) -> Config:
+    # Explicit command-line options beat --set, which beats the file, which beats `base`.
     sets = list(overrides or [])
     sets += [f"{k}={v}" for k, v in extra.items() if v is not None]
     try:
-        return load_config(config, sets)
+        return load_config(config, sets, base=base)
     except ConfigError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -150,8 +153,9 @@ def demo(
     set_: SetOpt = None,
 ) -> None:
     """The whole pipeline on the embedded defaults, offline."""
-    cfg = _load(config, set_, workdir=workdir)
-    from conclugen.demo import run_demo
+    from conclugen.demo import DEMO_BASE, run_demo
+
+    cfg = _load(config, set_, base=DEMO_BASE, workdir=workdir)
 
     run_demo(cfg, clips=clips)
 
