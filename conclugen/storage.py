@@ -46,18 +46,25 @@ def s3_settings(cfg: StorageConfig | None = None) -> S3Settings:
         value = getattr(cfg, field, None) if cfg is not None else None
         return value.get_secret_value() if value is not None else env.get(var)
 
-    endpoint = (cfg.s3_endpoint if cfg is not None else None) or env.get("AWS_ENDPOINT_URL_S3") or env.get(
-        "AWS_ENDPOINT_URL"
+    endpoint = (
+        (cfg.s3_endpoint if cfg is not None else None)
+        or env.get("AWS_ENDPOINT_URL_S3")
+        or env.get("AWS_ENDPOINT_URL")
     )
-    region = (cfg.s3_region if cfg is not None else None) or env.get("AWS_REGION") or env.get(
-        "AWS_DEFAULT_REGION"
+    region = (
+        (cfg.s3_region if cfg is not None else None) or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
     )
+    # Keys from the config must not be paired with a session token of the environment's identity.
+    if cfg is not None and cfg.access_key_id is not None:
+        token = cfg.session_token.get_secret_value() if cfg.session_token is not None else None
+    else:
+        token = env.get("AWS_SESSION_TOKEN")
     return S3Settings(
         endpoint=endpoint,
         region=region or "us-east-1",
         access_key=secret("access_key_id", "AWS_ACCESS_KEY_ID"),
         secret_key=secret("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
-        session_token=secret("session_token", "AWS_SESSION_TOKEN"),
+        session_token=token,
     )
 
 
@@ -66,7 +73,8 @@ def is_s3(uri: str) -> bool:
 
 
 def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
-    kwargs: dict = {"region": settings.region}
+    # Bucket creation must be allowed explicitly in pyarrow; ensure_bucket relies on it.
+    kwargs: dict = {"region": settings.region, "allow_bucket_creation": True}
     if settings.endpoint:
         parsed = urlparse(settings.endpoint)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
@@ -111,10 +119,25 @@ def with_retries(fn: Callable[[], T], what: str, retries: int = 3, delay: float 
         except FileNotFoundError:
             raise
         except OSError as e:
-            if attempt == retries:
-                raise StorageError(f"{what}: {_scrub(str(e))} (after {retries + 1} tries)") from None
+            if attempt == retries or _permanent(e):
+                raise StorageError(f"{what}: {_scrub(str(e))} (after {attempt + 1} tries)") from None
             time.sleep(delay * (2**attempt))
     raise AssertionError("unreachable")
+
+
+# Errors that a retry cannot fix (bad credentials, no permission): fail at once.
+_PERMANENT_MARKERS = (
+    "ACCESS_DENIED",
+    "AccessDenied",
+    "SIGNATURE_DOES_NOT_MATCH",
+    "SignatureDoesNotMatch",
+    "INVALID_ACCESS_KEY_ID",
+    "InvalidAccessKeyId",
+)
+
+
+def _permanent(e: OSError) -> bool:
+    return isinstance(e, PermissionError) or any(m in str(e) for m in _PERMANENT_MARKERS)
 
 
 def _scrub(message: str) -> str:
@@ -133,7 +156,7 @@ def exists(uri: str, cfg: StorageConfig | None = None) -> bool:
 
 def is_file(uri: str, cfg: StorageConfig | None = None) -> bool:
     fs, path = resolve(uri, cfg)
-    return fs.get_file_info(path).type == pafs.FileType.File
+    return with_retries(lambda: fs.get_file_info(path), f"stat {uri}").type == pafs.FileType.File
 
 
 def read_bytes(uri: str, cfg: StorageConfig | None = None, retries: int = 3) -> bytes:
@@ -184,22 +207,20 @@ def ensure_bucket(uri: str, cfg: StorageConfig | None = None) -> None:
         return
     fs, path = resolve(uri, cfg)
     bucket = path.split("/", 1)[0]
-    if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+    if with_retries(lambda: fs.get_file_info(bucket), f"stat s3://{bucket}").type == pafs.FileType.NotFound:
         with_retries(lambda: fs.create_dir(bucket), f"create bucket s3://{bucket}")
 
 
 def list_files(uri: str, cfg: StorageConfig | None = None, suffixes: tuple[str, ...] = ()) -> list[str]:
     """All files under a URI (recursively), as URIs of the same kind, sorted."""
     fs, path = resolve(uri, cfg)
-    info = fs.get_file_info(path)
+    info = with_retries(lambda: fs.get_file_info(path), f"list {uri}")
     if info.type == pafs.FileType.NotFound:
         return []
     if info.type == pafs.FileType.File:
         infos = [info]
     else:
-        infos = with_retries(
-            lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True)), f"list {uri}"
-        )
+        infos = with_retries(lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True)), f"list {uri}")
     out = []
     for i in infos:
         if i.type != pafs.FileType.File:
@@ -216,11 +237,11 @@ def iter_files(uri: str, cfg: StorageConfig | None = None) -> Iterator[str]:
 
 def delete(uri: str, cfg: StorageConfig | None = None) -> None:
     fs, path = resolve(uri, cfg)
-    info = fs.get_file_info(path)
+    info = with_retries(lambda: fs.get_file_info(path), f"stat {uri}")
     if info.type == pafs.FileType.Directory:
-        fs.delete_dir(path)
+        with_retries(lambda: fs.delete_dir(path), f"delete {uri}")
     elif info.type == pafs.FileType.File:
-        fs.delete_file(path)
+        with_retries(lambda: fs.delete_file(path), f"delete {uri}")
 
 
 def upload_dir(local_dir: str | Path, uri: str, cfg: StorageConfig | None = None) -> int:
