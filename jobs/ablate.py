@@ -1,0 +1,18 @@
+"""Ray Job: The reference's ablation set (pretrain + evaluate per loss/modality combination).
+
+Same arguments, config file and `--set section.key=value` overrides as `conclugen ablate`:
+
+    jobs/submit.sh -- python jobs/ablate.py --help
+"""
+
+import sys
+from pathlib import Path
+
+# `ray job submit --working-dir .` runs this as `python jobs/ablate.py` from the unpacked working dir:
+# put the repo root first so its conclugen/ is imported, not an older installed copy.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from conclugen.cli import app  # noqa: E402
+
+if __name__ == "__main__":
+    app(["ablate", *sys.argv[1:]], prog_name="jobs/ablate.py")
