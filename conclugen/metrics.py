@@ -1,0 +1,149 @@
+"""Classification metrics for the linear probe, in plain numpy.
+
+They follow scikit-learn's definitions (the tests compare against it) so that figures match the
+reference implementation, which reported ``sklearn.metrics`` with ``average='weighted'``:
+
+- precision / recall / F1 per class; a 0/0 ratio counts as 0 (sklearn's ``zero_division=0``);
+- weighted averages weight each class by its support (its number of true samples);
+- multi-label (MOSEI): ``accuracy`` is the **exact-match (subset) accuracy**, which is what
+  ``sklearn.metrics.accuracy_score`` returns for indicator matrices and so what the reference
+  reported; the per-label accuracy (1 − Hamming loss) is given beside it as ``label_accuracy``
+  because exact match is harsh with 6 labels. Weighted P/R/F1 are over labels, each label
+  weighted by its number of positive samples (sklearn's ``average='weighted'`` on indicators).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den with 0 where den == 0 (sklearn's zero_division=0)."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    out = np.zeros(np.broadcast(num, den).shape, dtype=np.float64)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """C[i, j] = number of samples with true class i predicted as j."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def multilabel_confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """[C, 2, 2] per label: [[tn, fp], [fn, tp]] (sklearn's layout)."""
+    t = np.asarray(y_true).astype(bool)
+    p = np.asarray(y_pred).astype(bool)
+    tp = (t & p).sum(0)
+    fp = (~t & p).sum(0)
+    fn = (t & ~p).sum(0)
+    tn = (~t & ~p).sum(0)
+    return np.stack([np.stack([tn, fp], -1), np.stack([fn, tp], -1)], 1).astype(np.int64)
+
+
+def _prf(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    precision = _div(tp, tp + fp)
+    recall = _div(tp, tp + fn)
+    # sklearn ≥ 1.3 computes F1 from counts: 2tp / (2tp + fp + fn), 0 when that is 0/0.
+    f1 = _div(2 * tp, 2 * tp + fp + fn)
+    return precision, recall, f1
+
+
+def _weighted(values: np.ndarray, support: np.ndarray) -> float:
+    total = support.sum()
+    return float((values * support).sum() / total) if total > 0 else 0.0
+
+
+def _per_class(
+    names: Sequence[str], p: np.ndarray, r: np.ndarray, f: np.ndarray, s: np.ndarray
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "label": str(n),
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "support": int(s[i]),
+        }
+        for i, n in enumerate(names)
+    ]
+
+
+def single_label_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, label_space: Sequence[str]
+) -> dict[str, Any]:
+    """Metrics for integer class indices into ``label_space``.
+
+    Returns accuracy, precision/recall/f1 (weighted), the same macro-averaged, per-class figures,
+    the confusion matrix (rows = true, columns = predicted) and n.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    y_pred = np.asarray(y_pred, dtype=np.int64).reshape(-1)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.shape[0]} samples, y_pred {y_pred.shape[0]}")
+    c = len(label_space)
+    cm = confusion_matrix(y_true, y_pred, c)
+    tp = np.diag(cm)
+    fp = cm.sum(0) - tp
+    fn = cm.sum(1) - tp
+    support = cm.sum(1)
+    p, r, f = _prf(tp, fp, fn)
+    n = int(y_true.shape[0])
+    return {
+        "multilabel": False,
+        "n": n,
+        "accuracy": float(tp.sum() / n) if n else 0.0,
+        "precision_weighted": _weighted(p, support),
+        "recall_weighted": _weighted(r, support),
+        "f1_weighted": _weighted(f, support),
+        "f1_macro": float(f.mean()) if c else 0.0,
+        "per_class": _per_class(label_space, p, r, f, support),
+        "confusion_matrix": cm.tolist(),
+        "label_space": list(label_space),
+    }
+
+
+def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_space: Sequence[str]) -> dict[str, Any]:
+    """Metrics for binary indicator matrices [N, C] (1 = label present)."""
+    t = np.asarray(y_true).astype(bool)
+    p_ = np.asarray(y_pred).astype(bool)
+    if t.shape != p_.shape or t.ndim != 2 or t.shape[1] != len(label_space):
+        raise ValueError(
+            f"expected two [N, {len(label_space)}] indicator matrices, got {t.shape} and {p_.shape}"
+        )
+    mcm = multilabel_confusion_matrix(t, p_)
+    tp, fp, fn = mcm[:, 1, 1], mcm[:, 0, 1], mcm[:, 1, 0]
+    support = tp + fn
+    p, r, f = _prf(tp, fp, fn)
+    n = int(t.shape[0])
+    return {
+        "multilabel": True,
+        "n": n,
+        "accuracy": float((t == p_).all(1).mean()) if n else 0.0,
+        "label_accuracy": float((t == p_).mean()) if t.size else 0.0,
+        "precision_weighted": _weighted(p, support),
+        "recall_weighted": _weighted(r, support),
+        "f1_weighted": _weighted(f, support),
+        "f1_macro": float(f.mean()) if len(label_space) else 0.0,
+        "per_class": _per_class(label_space, p, r, f, support),
+        # One 2×2 [[tn, fp], [fn, tp]] per label.
+        "confusion_matrix": mcm.tolist(),
+        "label_space": list(label_space),
+    }
+
+
+def compute_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, label_space: Sequence[str], multilabel: bool
+) -> dict[str, Any]:
+    return (multilabel_metrics if multilabel else single_label_metrics)(y_true, y_pred, label_space)
+
+
+HEADLINE = ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted")
