@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def test_layout_and_csv_header(corpus: tuple[Path, S.SynthSummary]) -> None:
         for r in _rows(root, split):
             expected.add(f"{folder}/dia{r['Dialogue_ID']}_utt{r['Utterance_ID']}.mp4")
         expected.add(csv_name)
+    expected.add("conclugen-synthetic.json")
     found = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
     assert found == expected
     assert sorted(found) == summary.files
@@ -235,3 +237,18 @@ def test_s3_output_matches_local(request: pytest.FixtureRequest, tmp_path: Path)
         u[len(uri) + 1 :]: hashlib.sha256(storage.read_bytes(u)).hexdigest() for u in storage.list_files(uri)
     }
     assert remote == local
+
+
+def test_meld_loader_marks_the_corpus_synthetic(corpus: tuple[Path, S.SynthSummary], tmp_path: Path) -> None:
+    from conclugen.config import load_config
+    from conclugen.corpora import load_manifest
+
+    root, summary = corpus
+    manifest = load_manifest("meld", str(root), load_config())
+    assert manifest.corpus == "synthetic" and {r["corpus"] for r in manifest.rows} == {"synthetic"}
+    assert len(manifest.rows) == sum(summary.clips_per_split.values()) and not manifest.problems
+    # Without the marker the same layout reads as MELD (whose reference class weights then apply).
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    (copy / "conclugen-synthetic.json").unlink()
+    assert load_manifest("meld", str(copy), load_config()).corpus == "meld"

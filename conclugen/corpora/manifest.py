@@ -17,6 +17,9 @@ import pyarrow as pa
 
 from conclugen.config import MELD_EMOTIONS, MOSEI_EMOTIONS
 
+# Written by `conclugen synth` at a corpus root: MELD layout, synthetic label balance.
+SYNTH_MARKER = "conclugen-synthetic.json"
+
 MANIFEST_SCHEMA = pa.schema(
     [
         pa.field("clip_id", pa.string(), nullable=False),

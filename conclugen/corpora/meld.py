@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from conclugen import storage
 from conclugen.config import MELD_EMOTIONS
 from conclugen.corpora.manifest import (
+    SYNTH_MARKER,
     CorpusLayoutError,
     Manifest,
     MissingClipError,
@@ -132,4 +133,11 @@ def load_meld(root: str, cfg: Config) -> Manifest:
             )
     if not found_any:
         raise CorpusLayoutError(f"{root}: no MELD CSV ({', '.join(v[0] for v in MELD_SPLITS.values())})")
-    return Manifest(rows, problems, list(MELD_EMOTIONS), multilabel=False, corpus="meld", notes=notes)
+    corpus = "meld"
+    # A corpus written by `conclugen synth` has MELD's layout but not MELD's label balance.
+    if storage.exists(storage.join(root, SYNTH_MARKER)):
+        corpus = "synthetic"
+        for r in rows:
+            r["corpus"] = corpus
+        notes.append(f"{root}: synthetic corpus ({SYNTH_MARKER}) in MELD's layout")
+    return Manifest(rows, problems, list(MELD_EMOTIONS), multilabel=False, corpus=corpus, notes=notes)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import re
@@ -44,6 +45,7 @@ import cv2
 import numpy as np
 
 from conclugen import storage
+from conclugen.corpora.manifest import SYNTH_MARKER
 
 if TYPE_CHECKING:
     from conclugen.config import StorageConfig
@@ -1002,6 +1004,12 @@ def synthesize(
             (root / csv_name).write_bytes(text.encode("utf-8"))
             files.append(csv_name)
             total_bytes += len(text)
+        # Marks the corpus as synthetic for the MELD loader: the probe then weights classes from
+        # the (balanced) data instead of MELD's reference weights, which encode MELD's imbalance.
+        marker = json.dumps({"generator": "conclugen synth", "seed": seed, "clips": clips,
+                             "difficulty": difficulty, "voice": engine}, sort_keys=True)
+        (root / SYNTH_MARKER).write_text(marker + "\n")
+        files.append(SYNTH_MARKER)
         if to_s3:
             storage.upload_dir(root, out, storage_cfg)
     finally:
