@@ -76,8 +76,23 @@ def extract(
     set_: SetOpt = None,
 ) -> None:
     """Extract per-clip backbone features with Ray Data."""
-    _load(config, set_, **{"corpus.name": corpus})
-    _not_built("extract")
+    cfg = _load(config, set_, **{"corpus.name": corpus})
+    import ray
+
+    from conclugen.backbones import BackboneError
+    from conclugen.corpora import CorpusLayoutError
+    from conclugen.extract import ExtractError, ensure_ray, run_extract
+
+    started = not ray.is_initialized()
+    try:
+        ensure_ray(cfg)
+        run_extract(corpus_root, cfg.corpus.name, out, cfg, progress=typer.echo)
+    except (CorpusLayoutError, BackboneError, ExtractError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
 
 
 @app.command()
@@ -89,34 +104,83 @@ def pretrain(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Pretrain the ConCluGen heads with Ray Train."""
-    _load(config, set_, **{"train.workers": workers, "train.epochs": epochs})
-    _not_built("pretrain")
+    """Pretrain the ConCluGen heads with Ray Train (re-run with the same --out to resume)."""
+    cfg = _load(config, set_, **{"train.workers": workers, "train.epochs": epochs})
+    from conclugen.features import FeatureStoreError
+    from conclugen.storage import StorageError
+    from conclugen.train import PretrainError, check_features, ensure_ray, run_pretrain
+
+    try:
+        check_features(features, cfg)  # fail fast, before Ray starts
+        ensure_ray(cfg)
+        result = run_pretrain(features, out, cfg)
+    except (PretrainError, FeatureStoreError, StorageError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(result.describe())
 
 
 @app.command()
 def evaluate(
     features: Annotated[str, typer.Argument(help="Features URI.")],
-    checkpoint: Annotated[str, typer.Option("--checkpoint", help="Checkpoint URI.")],
+    checkpoint: Annotated[
+        str, typer.Option("--checkpoint", help="Checkpoint folder, or a pretraining run folder (its best checkpoint).")
+    ],
     out: Annotated[str | None, typer.Option("--out", help="Report directory.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Linear probe on frozen representations, with baselines."""
-    _load(config, set_)
-    _not_built("evaluate")
+    """Linear probe on frozen representations, with baselines (raw features, random heads).
+
+    Writes reports, PNGs, the comparison table and a predict bundle (OUT/model);
+    logs an MLflow run nested under the pretraining run."""
+    cfg = _load(config, set_)
+    from conclugen.evaluate import EvaluateError, run_evaluate
+    from conclugen.features import FeatureStoreError
+    from conclugen.probe import ProbeError
+    from conclugen.storage import StorageError
+
+    try:
+        result = run_evaluate(features, checkpoint, cfg, out)
+    except (EvaluateError, FeatureStoreError, ProbeError, StorageError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(result.describe())
 
 
 @app.command()
 def ablate(
     features: Annotated[str, typer.Argument(help="Features URI.")],
     out: Annotated[str, typer.Option("--out", help="Output directory.")],
+    rows: Annotated[
+        list[str] | None, typer.Option("--row", help="Run only this row (repeatable; default: all seven).")
+    ] = None,
+    parallel: Annotated[int, typer.Option(help="Rows at once (0 = as many as the cluster fits).")] = 0,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Pretrain + evaluate the reference's ablation set; one table."""
-    _load(config, set_)
-    _not_built("ablate")
+    """Pretrain + evaluate the reference's ablation set at equal budget; one table."""
+    cfg = _load(config, set_)
+    import ray
+
+    from conclugen.ablation import AblationError, run_ablation
+    from conclugen.features import FeatureStoreError
+    from conclugen.storage import StorageError
+    from conclugen.train import PretrainError, ensure_ray
+
+    started = not ray.is_initialized()
+    try:
+        ensure_ray(cfg)
+        result = run_ablation(features, out, cfg, rows=rows, max_parallel=parallel, progress=typer.echo)
+    except (AblationError, PretrainError, FeatureStoreError, StorageError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
+    typer.echo(result.describe())
+    if any(r.status == "failed" for r in result.rows):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -128,27 +192,69 @@ def tune(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Hyperparameter search with Ray Tune."""
-    _load(config, set_, **{"tune.samples": samples})
-    _not_built("tune")
+    """Hyperparameter search with Ray Tune (re-use --name to resume a search)."""
+    cfg = _load(config, set_, **{"tune.samples": samples})
+    from conclugen.features import FeatureStoreError
+    from conclugen.storage import StorageError
+    from conclugen.train import PretrainError, check_features, ensure_ray
+    from conclugen.tune import TuneError, run_tune
+    from conclugen.tune_space import load_space
+
+    try:
+        load_space(space)  # a bad space or bad features stop here, before Ray starts
+        check_features(features, cfg)
+        ensure_ray(cfg)
+        summary = run_tune(features, space, cfg, samples=samples, name=name)
+    except (ConfigError, TuneError, PretrainError, FeatureStoreError, StorageError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(summary.table())
+    typer.echo(summary.describe())
+    if summary.best_config_path:
+        typer.echo(f"best config: {summary.best_config_path}")
+    if summary.best is None:
+        typer.echo("error: no trial produced an objective", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
 def predict(
     videos: Annotated[list[str], typer.Argument(help="Video files, folders or s3:// URIs.")],
-    model: Annotated[str, typer.Option("--model", help="Model URI.")],
+    model: Annotated[str, typer.Option("--model", help="Model URI: an `evaluate` output folder or its model/.")],
+    out: Annotated[
+        str | None, typer.Option("--out", help="Folder for predictions.csv/.json (default: WORKDIR/predict).")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Emotions for new videos."""
-    _load(config, set_)
-    _not_built("predict")
+    """Emotions for new videos (files, folders, Parquet manifests; local or s3://).
+
+    Runs as Ray Data batch inference; a file that cannot be read gets an error line."""
+    cfg = _load(config, set_)
+    import ray
+
+    from conclugen.backbones import BackboneError
+    from conclugen.predict import PredictError, predict_videos
+    from conclugen.storage import StorageError
+
+    started = not ray.is_initialized()
+    try:
+        result = predict_videos(videos, model, cfg, out=out or str(Path(cfg.workdir) / "predict"))
+    except (PredictError, BackboneError, StorageError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
+    typer.echo(result.table())
+    if result.n_ok == 0:
+        raise typer.Exit(1)
 
 
 @app.command()
 def demo(
     workdir: Annotated[str | None, typer.Option(help="Work directory.")] = None,
-    clips: Annotated[int, typer.Option(help="Synthetic clips.")] = 70,
+    clips: Annotated[int, typer.Option(help="Synthetic clips.")] = 140,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -170,15 +276,24 @@ def ui(
     import subprocess
 
     cfg = _load(config, set_)
-    uri = cfg.tracking_uri()
+    from conclugen.tracking import tracking_uri
+
+    uri = tracking_uri(cfg)  # creates the work directory for the embedded sqlite default
     typer.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", uri]
     raise typer.Exit(subprocess.call(cmd))
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+def main() -> None:
+    """Console entry: the project's own errors end as one clear line and exit 1, not a traceback."""
+    try:
+        app()
+    except Exception as e:  # the project's own errors only; others re-raised
+        if not type(e).__module__.startswith("conclugen"):
+            raise
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
