@@ -1,0 +1,158 @@
+"""ConCluGen heads (METHOD.md, "Pipeline" steps 2–5).
+
+Per modality a Gated Embedding Unit maps the frozen backbone feature to a representation of size
+D (audio: GEU 1024→1024, then Linear(1024→D)); a projection head and a cluster head are shared by
+all modalities; per-modality decoders reconstruct the backbone feature from the representation.
+Any ordered subset of modalities works (ablations use two or three); ``modalities`` keeps the
+order of ``input_dims``, which is also the order of the cyclic contrastive pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from conclugen.config import ModelConfig
+
+
+class ContextGating(nn.Module):
+    """``GLU([x, Linear(x)]) = x · sigmoid(Linear(x))``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.glu(torch.cat([x, self.fc(x)], dim=-1), dim=-1)
+
+
+class GatedEmbeddingUnit(nn.Module):
+    """``fc1 → ReLU → context gating → fc2 → ReLU`` (input dim → out dim)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, out_dim)
+        self.gating = ContextGating(out_dim)
+        self.fc2 = nn.Linear(out_dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.fc2(self.gating(F.relu(self.fc1(x)))))
+
+
+class ProjectionHead(nn.Module):
+    """``Linear(D→D/8) → BatchNorm1d → ReLU → Linear(D/8→P) → ReLU`` (normalisation is done by
+    the caller, because the cluster head needs the un-normalised output)."""
+
+    def __init__(self, d: int, p: int) -> None:
+        super().__init__()
+        hidden = max(d // 8, 1)
+        self.net = nn.Sequential(
+            nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, p), nn.ReLU()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """``Linear(D→R) → ReLU → Linear(R→input_dim) → ReLU``."""
+
+    def __init__(self, d: int, r: int, out_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, r), nn.ReLU(), nn.Linear(r, out_dim), nn.ReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+@dataclass
+class ConCluGenOutput:
+    representations: dict[str, Tensor]  # [B, D]
+    projections: dict[str, Tensor]  # L2-normalised [B, P]
+    projections_raw: dict[str, Tensor]  # un-normalised [B, P] (input of the cluster head)
+    cluster_logits: dict[str, Tensor]  # cluster_head(projections_raw) [B, K]
+    reconstructions: dict[str, Tensor]  # decoder_m(rep_m) [B, input_dim_m]
+
+
+class ConCluGen(nn.Module):
+    def __init__(
+        self,
+        input_dims: Mapping[str, int],
+        d: int = 4096,
+        p: int = 512,
+        r: int = 512,
+        k: int = 128,
+        audio_geu_dim: int = 1024,
+    ) -> None:
+        super().__init__()
+        if not input_dims:
+            raise ValueError("ConCluGen needs at least one modality")
+        self.modalities: list[str] = list(input_dims)
+        self.input_dims = {m: int(v) for m, v in input_dims.items()}
+        self.d, self.p, self.r, self.k = d, p, r, k
+        self.encoders = nn.ModuleDict()
+        for m, dim in self.input_dims.items():
+            if m == "audio":
+                # METHOD.md: the audio head is GEU 1024→1024 then Linear(1024→D).
+                self.encoders[m] = nn.Sequential(
+                    GatedEmbeddingUnit(dim, audio_geu_dim), nn.Linear(audio_geu_dim, d)
+                )
+            else:
+                self.encoders[m] = GatedEmbeddingUnit(dim, d)
+        self.projection = ProjectionHead(d, p)
+        self.cluster_head = nn.Linear(p, k, bias=False)
+        self.decoders = nn.ModuleDict({m: Decoder(d, r, dim) for m, dim in self.input_dims.items()})
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, input_dims: Mapping[str, int]) -> ConCluGen:
+        """Build for ``cfg.modalities`` (in that order) with dimensions from ``input_dims``
+        (e.g. the feature store's meta.json); extra entries in ``input_dims`` are ignored."""
+        missing = [m for m in cfg.modalities if m not in input_dims]
+        if missing:
+            raise ValueError(
+                f"model.modalities lists {missing} but the features only have {sorted(input_dims)}"
+            )
+        dims = {m: int(input_dims[m]) for m in cfg.modalities}
+        return cls(dims, d=cfg.d, p=cfg.p, r=cfg.r, k=cfg.k, audio_geu_dim=cfg.audio_geu_dim)
+
+    def _check(self, feats: Mapping[str, Tensor]) -> None:
+        missing = [m for m in self.modalities if m not in feats]
+        if missing:
+            raise KeyError(f"missing modality features: {missing}")
+
+    def represent(self, feats: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Per-modality representations [B, D] (what the linear probe reads)."""
+        self._check(feats)
+        return {m: self.encoders[m](feats[m]) for m in self.modalities}
+
+    def forward(self, feats: Mapping[str, Tensor]) -> ConCluGenOutput:
+        reps = self.represent(feats)
+        # The shared projection head is applied per modality, so BatchNorm statistics are those
+        # of one modality's batch (as the reference does with its shared head).
+        raw = {m: self.projection(reps[m]) for m in self.modalities}
+        return ConCluGenOutput(
+            representations=reps,
+            projections={m: F.normalize(raw[m], dim=-1) for m in self.modalities},
+            projections_raw=raw,
+            cluster_logits={m: self.cluster_head(raw[m]) for m in self.modalities},
+            reconstructions={m: self.decoders[m](reps[m]) for m in self.modalities},
+        )
+
+
+def to_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """BatchNorm → SyncBatchNorm when CUDA is available, so that the projection head's
+    statistics are those of the global batch under DDP.
+
+    On CPU the model is returned unchanged: PyTorch's SyncBatchNorm refuses CPU tensors, so CPU
+    workers keep per-worker BatchNorm: training normalises with the local batch's statistics,
+    and DDP's default ``broadcast_buffers=True`` makes rank 0's running statistics everyone's.
+    """
+    if torch.cuda.is_available():
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
