@@ -1,0 +1,231 @@
+"""MLflow: tracking-URI resolution, experiments, runs, per-epoch metrics and the pyfunc model.
+
+Everything goes through an explicit tracking URI and ``MlflowClient`` so that library code keeps
+no global MLflow state (Ray Train workers log to a run the driver opened; only world rank 0
+logs). The one exception is :func:`log_representation_model`, which needs MLflow's fluent API and
+is called from the driver. Credentials never reach MLflow: params come from
+``Config.flat_params()`` and the config artifact from ``Config.to_yaml()``, both secret-free.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from conclugen.config import Config
+
+# MLflow's param values are capped (6000 chars in MLflow 3); longer values are cut, not rejected.
+_MAX_PARAM = 6000
+
+
+def tracking_uri(cfg: Config) -> str:
+    """cfg.tracking.uri, else MLFLOW_TRACKING_URI, else ``sqlite:///<workdir>/mlflow.db``.
+    For the embedded sqlite default the work directory is created."""
+    uri = cfg.tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def client(uri: str) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Beside the sqlite file (MLflow's default would be ./mlruns in the current directory);
+    None for a server, which decides itself."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
+    return None
+
+
+def get_or_create_experiment(uri: str, name: str) -> str:
+    """The id of experiment ``name``, created when missing (race-safe: a concurrent creator wins)."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=_artifact_location(uri, name))
+    except Exception:  # another process created it between the two calls
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def start_run(
+    cfg: Config,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    uri: str | None = None,
+) -> str:
+    """Open a run in ``cfg.tracking.experiment``: the whole config as params (no secrets) and the
+    config YAML as the artifact ``config.yaml``. Returns the run id."""
+    from mlflow.entities import Param
+
+    uri = uri or tracking_uri(cfg)
+    c = client(uri)
+    exp_id = get_or_create_experiment(uri, cfg.tracking.experiment)
+    run = c.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+    run_id = run.info.run_id
+    params = [Param(k, str(v)[:_MAX_PARAM]) for k, v in sorted(cfg.flat_params().items())]
+    for i in range(0, len(params), 100):  # log_batch takes at most 100 params per call
+        c.log_batch(run_id, params=params[i : i + 100])
+    log_text(uri, run_id, cfg.to_yaml(), "config.yaml")
+    return run_id
+
+
+def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
+    client(uri).log_text(run_id, text, artifact_file)
+
+
+def log_metrics(uri: str, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+    """Log finite numeric metrics at ``step`` in one call (non-finite values are skipped:
+    MLflow stores them but its UI charts break on them)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(k, float(v), now, step)
+        for k, v in sorted(metrics.items())
+        if isinstance(v, int | float) and math.isfinite(float(v))
+    ]
+    if batch:
+        client(uri).log_batch(run_id, metrics=batch)
+
+
+def set_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
+    c = client(uri)
+    for k, v in tags.items():
+        c.set_tag(run_id, k, str(v))
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Mark the run FINISHED / FAILED / KILLED."""
+    client(uri).set_terminated(run_id, status=status)
+
+
+def reopen_run(uri: str, run_id: str) -> bool:
+    """Mark an existing run RUNNING again (resume); False when the run does not exist there."""
+    c = client(uri)
+    try:
+        c.get_run(run_id)
+    except Exception:
+        return False
+    c.update_run(run_id, status="RUNNING")
+    return True
+
+
+# ----------------------------------------------------------------------------- the MLflow model
+
+
+class RepresentationModel:
+    """pyfunc model: per-modality features → per-modality representations.
+
+    Input: a dict modality → float32 array [N, dim] (or a pandas DataFrame whose columns hold one
+    vector per row). Output: a dict modality → float32 array [N, D].
+    """
+
+    # Defined lazily as an mlflow.pyfunc.PythonModel subclass (see _python_model_class) so that
+    # importing this module does not import mlflow.
+
+
+def _python_model_class() -> type:
+    import mlflow.pyfunc
+
+    class ConCluGenRepresentations(mlflow.pyfunc.PythonModel):
+        __doc__ = RepresentationModel.__doc__
+
+        def load_context(self, context: Any) -> None:
+            from conclugen.train import load_checkpoint
+
+            self.model, self.info = load_checkpoint(context.artifacts["checkpoint"])
+            self.model.eval()
+
+        def predict(self, context, model_input, params=None):  # noqa: ANN001 - untyped for MLflow
+            import numpy as np
+            import torch
+
+            feats = {}
+            for m in self.model.modalities:
+                col = model_input[m]
+                arr = np.stack([np.asarray(v, dtype=np.float32) for v in col]) if not isinstance(
+                    col, np.ndarray
+                ) else col.astype(np.float32, copy=False)
+                feats[m] = torch.from_numpy(arr.reshape(arr.shape[0], -1))
+            with torch.no_grad():
+                reps = self.model.represent(feats)
+            return {m: r.numpy() for m, r in reps.items()}
+
+    return ConCluGenRepresentations
+
+
+def log_representation_model(
+    uri: str,
+    run_id: str,
+    checkpoint_file: str | Path,
+    input_dims: Mapping[str, int],
+    d: int,
+    name: str = "model",
+) -> str:
+    """Log the checkpoint as an MLflow pyfunc model with a tensor signature
+    (inputs: one float32 [-1, dim] tensor per modality; outputs: float32 [-1, D] per modality).
+    Returns the model URI (``runs:/<run_id>/<name>``)."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(v)), name=m) for m, v in input_dims.items()]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(d)), name=m) for m in input_dims]),
+    )
+    # Restore MLflow's global URI *and* the MLFLOW_TRACKING_URI variable exactly: set_tracking_uri
+    # also exports the variable, and restoring the default that way would pin every later
+    # Config.tracking_uri() in this process to ./mlflow.db of the current directory.
+    import mlflow.tracking._tracking_service.utils as _mlflow_uri
+
+    previous, previous_env = _mlflow_uri._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+            mlflow.pyfunc.log_model(
+                name=name,
+                python_model=_python_model_class()(),
+                artifacts={"checkpoint": str(checkpoint_file)},
+                signature=signature,
+            )
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+        # start_run(run_id=…) ends the run as FINISHED on exit; the caller decides the final status.
+    return f"runs:/{run_id}/{name}"
+
+
+def local_copy(uri: str) -> str:
+    """A local file holding the object at ``uri`` (the path itself when already local)."""
+    from conclugen import storage
+
+    if not storage.is_s3(uri):
+        fs, path = storage.resolve(uri)
+        return path
+    fd, tmp = tempfile.mkstemp(suffix=Path(uri).suffix)
+    with os.fdopen(fd, "wb") as f:
+        f.write(storage.read_bytes(uri))
+    return tmp
