@@ -41,6 +41,7 @@ import torch
 from conclugen import storage
 from conclugen.config import Config
 from conclugen.features import FeatureMeta, FeatureStoreError, check_meta, features_uri, read_meta
+from conclugen.runtime import ensure_ray  # noqa: F401 - re-exported for entry points
 
 TRAIN_SPLITS = ("train", "unlabeled")
 VAL_SPLITS = ("val",)
@@ -581,22 +582,6 @@ def train_loop_per_worker(lc: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- driver
-
-
-def ensure_ray(cfg: Config) -> None:
-    """Join ``cfg.ray_address`` / RAY_ADDRESS, else start a local Ray sized for training: more
-    logical CPUs than cores, so Ray Data inside Ray Train never waits for a CPU slot."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False,
-                 object_store_memory=2 * 1024**3)
 
 
 def _storage_location(run_uri: str, cfg: Config) -> tuple[Any, str, str]:
