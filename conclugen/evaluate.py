@@ -1,0 +1,350 @@
+"""`conclugen evaluate`: a pretrained checkpoint → linear probes with baselines → reports + MLflow.
+
+Three encoders of the same feature store are probed side by side (METHOD.md, "Downstream
+evaluation"), so the value of pretraining is visible in one table:
+
+- ``conclugen``     the checkpoint's frozen representation heads, per-modality representations
+                    concatenated (``len(modalities) × D``);
+- ``raw_features``  the backbone features themselves, concatenated (no heads);
+- ``random_heads``  the same architecture with random weights (seeded: ``cfg.train.seed``).
+
+All three use the checkpoint's modalities. The probe, reports and PNGs come from
+:func:`conclugen.probe.evaluate_representations`; the MLflow run is a child of the pretraining run
+(``mlflow.parentRunId`` + ``pretrain_run_id`` tags) when that run exists in the tracking store.
+
+Output folder (``--out``; local or ``s3://``)::
+
+    comparison.md / comparison.csv     one row per encoder (test accuracy, weighted P/R/F1)
+    <encoder>/                         report.md, report.json, predictions.csv, confusion.png,
+                                       map2d.png, probe.npz
+    model/                             the predict bundle: bundle.json, checkpoint.pt (model
+                                       weights and config only), probe.npz (= conclugen/probe.npz)
+    evaluate.json                      what was evaluated, where it was logged
+
+The bundle copies the weights because Ray Train rotates checkpoints (``keep_checkpoints``): a
+bundle that only pointed at a checkpoint folder could lose it on the next resume.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from conclugen import storage
+from conclugen.config import Config, ExtractConfig, ModelConfig
+
+BUNDLE_DIR = "model"
+BUNDLE_FILE = "bundle.json"
+BUNDLE_CHECKPOINT = "checkpoint.pt"
+BUNDLE_PROBE = "probe.npz"
+ENCODERS = ("conclugen", "raw_features", "random_heads")
+
+
+class EvaluateError(ValueError):
+    """The checkpoint and the features do not fit together, or nothing can be evaluated."""
+
+
+@dataclass
+class EvaluateResult:
+    out_dir: str
+    checkpoint_uri: str
+    results: dict[str, Any]  # encoder → ProbeResult
+    table_markdown: str
+    bundle_uri: str
+    pretrain_run_id: str | None = None
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def f1(self, encoder: str = "conclugen") -> float:
+        return float(self.results[encoder].test_metrics["f1_weighted"])
+
+    def describe(self) -> str:
+        lines = [f"evaluate: {self.checkpoint_uri}", "", self.table_markdown.rstrip(), "",
+                 f"reports: {self.out_dir}", f"predict bundle: {self.bundle_uri}"]
+        if self.mlflow_run_id:
+            lines.append(f"MLflow run {self.mlflow_run_id} ({self.tracking_uri})"
+                         + (f", child of pretraining run {self.pretrain_run_id}" if self.pretrain_run_id else ""))
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- encoders
+
+
+def heads_encoder(model: torch.nn.Module, modalities: Sequence[str], batch: int = 4096) -> Any:
+    """Encoder: the model's per-modality representations (``represent``) concatenated in
+    ``modalities`` order, computed without gradients in batches (memory stays flat)."""
+    mods = list(modalities)
+
+    def encode(feats: Mapping[str, np.ndarray]) -> np.ndarray:
+        model.eval()
+        n = len(next(iter(feats.values())))
+        out = []
+        with torch.no_grad():
+            for s in range(0, n, batch):
+                x = {m: torch.from_numpy(np.ascontiguousarray(feats[m][s : s + batch], dtype=np.float32)) for m in mods}
+                reps = model.represent(x)
+                out.append(torch.cat([reps[m] for m in mods], dim=1).numpy())
+        d = sum(int(model.d) for _ in mods)
+        return np.concatenate(out, axis=0) if out else np.zeros((0, d), np.float32)
+
+    return encode
+
+
+def random_heads(model_cfg: ModelConfig, input_dims: Mapping[str, int], seed: int) -> torch.nn.Module:
+    """The checkpoint's architecture with PyTorch's default random init, seeded (own RNG stream,
+    so the caller's torch RNG is untouched)."""
+    from conclugen.model import ConCluGen
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ConCluGen.from_config(model_cfg, input_dims)
+    return model.eval()
+
+
+def build_encoders(
+    model: torch.nn.Module, model_cfg: ModelConfig, input_dims: Mapping[str, int], seed: int,
+    which: Sequence[str] = ENCODERS,
+) -> dict[str, Any]:
+    from conclugen.probe import raw_features_encoder
+
+    mods = list(model.modalities)
+    out: dict[str, Any] = {}
+    for name in which:
+        if name == "conclugen":
+            out[name] = heads_encoder(model, mods)
+        elif name == "raw_features":
+            out[name] = raw_features_encoder(mods)
+        elif name == "random_heads":
+            out[name] = heads_encoder(random_heads(model_cfg, input_dims, seed), mods)
+        else:
+            raise EvaluateError(f"unknown encoder {name!r} (known: {', '.join(ENCODERS)})")
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoint
+
+
+def resolve_checkpoint(uri: str, cfg: Config) -> str:
+    """A checkpoint folder (or its checkpoint.pt) as given; a run folder → its best checkpoint."""
+    from conclugen.train import CHECKPOINT_FILE, best_checkpoint
+
+    uri = str(uri).rstrip("/")
+    if uri.endswith(".pt") or storage.exists(storage.join(uri, CHECKPOINT_FILE), cfg.storage):
+        return uri
+    best = best_checkpoint(uri, cfg.storage)
+    if best is None:
+        raise EvaluateError(f"no checkpoint at {uri} (neither a checkpoint folder nor a run folder holding one)")
+    return best
+
+
+def _slim_payload(ckpt_uri: str, cfg: Config) -> dict[str, Any]:
+    """The checkpoint without optimizer/scheduler state: what inference needs."""
+    from conclugen.train import _read_payload
+
+    payload = _read_payload(ckpt_uri, cfg.storage)
+    keep = ("model", "config", "input_dims", "meta", "epoch", "metrics", "mlflow_run_id")
+    return {k: payload[k] for k in keep if k in payload}
+
+
+def default_out_dir(cfg: Config, ckpt_uri: str) -> str:
+    """``<workdir>/evaluate/<run folder name>-<checkpoint folder name>``."""
+    parts = [p for p in ckpt_uri.rstrip("/").replace("\\", "/").split("/") if p]
+    if parts and parts[-1].endswith(".pt"):
+        parts = parts[:-1]
+    name = "-".join(parts[-2:]) if parts else "checkpoint"
+    return str(Path(cfg.workdir) / "evaluate" / name)
+
+
+# ----------------------------------------------------------------------------- MLflow
+
+
+@contextmanager
+def scoped_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to ``uri`` for the block, then restored exactly — including
+    the MLFLOW_TRACKING_URI variable, which ``mlflow.set_tracking_uri`` exports as a side effect."""
+    import mlflow
+    import mlflow.tracking._tracking_service.utils as mlflow_uri
+
+    previous, previous_env = mlflow_uri._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+def _log_mlflow(
+    results: Mapping[str, Any], local_out: Path, cfg: Config, pretrain_run_id: str | None, *, run_name: str,
+    params: Mapping[str, Any], tags: Mapping[str, str],
+) -> tuple[str, str, str | None]:
+    """(tracking uri, evaluate run id, parent run id actually used)."""
+    from conclugen import tracking
+    from conclugen.probe import log_probe_results
+
+    uri = tracking.tracking_uri(cfg)
+    parent = None
+    if pretrain_run_id:
+        try:
+            tracking.client(uri).get_run(pretrain_run_id)
+            parent = pretrain_run_id
+        except Exception:  # noqa: BLE001 - the pretraining was tracked elsewhere: tag only
+            parent = None
+    tracking.get_or_create_experiment(uri, cfg.tracking.experiment)
+    with scoped_tracking_uri(uri):  # log_probe_results uses MlflowClient() with the global URI
+        run_id = log_probe_results(results, local_out, parent, run_name=run_name,
+                                   experiment=cfg.tracking.experiment, params=params)
+    extra = dict(tags)
+    if pretrain_run_id and parent is None:
+        extra["conclugen.pretrain_run_id"] = pretrain_run_id  # link kept even across stores
+    if extra:
+        tracking.set_tags(uri, run_id, extra)
+    return uri, run_id, parent
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def run_evaluate(
+    features_uri: str,
+    checkpoint_uri: str,
+    cfg: Config,
+    out_dir: str | None = None,
+    *,
+    encoders: Sequence[str] = ENCODERS,
+    log_mlflow: bool = True,
+    run_name: str = "evaluate",
+    tags: Mapping[str, str] | None = None,
+    map_method: str = "auto",
+) -> EvaluateResult:
+    """Probe the checkpoint's representations (and the baselines in ``encoders``) on the labelled
+    splits of ``features_uri``; write reports and the predict bundle to ``out_dir``; log to MLflow.
+
+    ``checkpoint_uri`` is a checkpoint folder, its ``checkpoint.pt``, or a pretraining run folder
+    (its best checkpoint is used). ``cfg`` gives the probe settings, the seed of the random heads
+    and the tracking store; the model shape comes from the checkpoint.
+    """
+    from conclugen.features import check_meta, load_arrays, read_meta
+    from conclugen.probe import evaluate_representations
+    from conclugen.train import load_checkpoint
+
+    ckpt = resolve_checkpoint(checkpoint_uri, cfg)
+    model, info = load_checkpoint(ckpt, cfg.storage)
+    model_cfg = ModelConfig.model_validate(info["config"]["model"])
+    mods = list(model.modalities)
+    input_dims = {m: int(v) for m, v in info["input_dims"].items()}
+
+    meta = read_meta(features_uri, cfg.storage)
+    check_meta(meta, mods, expected_dims=input_dims)  # a clear error before any work
+    notes: list[str] = []
+    trained_meta = info.get("meta") or {}
+    trained_bb = {k: v.get("name") for k, v in (trained_meta.get("backbones") or {}).items()}
+    eval_bb = {k: b.name for k, b in meta.backbones.items()}
+    if trained_bb and eval_bb and trained_bb != eval_bb:
+        notes.append(f"the checkpoint was pretrained on features of backbones {trained_bb}, "
+                     f"these features come from {eval_bb}")
+    if not meta.label_space:
+        raise EvaluateError(f"{features_uri} has no label space (an unlabelled corpus cannot be probed)")
+
+    arrays = load_arrays(features_uri, mods, splits=("train", "val", "test"), cfg=cfg.storage)
+    if not np.any(arrays["split"] == "train"):
+        raise EvaluateError(f"{features_uri} has no labelled train rows to fit the probe on")
+    encs = build_encoders(model, model_cfg, input_dims, cfg.train.seed, encoders)
+
+    out = out_dir or default_out_dir(cfg, ckpt)
+    remote = storage.is_s3(out)
+    local = Path(tempfile.mkdtemp(prefix="conclugen-eval-")) if remote else Path(storage.resolve(out)[1])
+    try:
+        results = evaluate_representations(
+            encs, arrays, label_space=list(meta.label_space), multilabel=bool(meta.multilabel),
+            corpus=meta.corpus, cfg=cfg, out_dir=local, map_method=map_method,
+        )
+        table = (local / "comparison.md").read_text()
+
+        # The predict bundle: weights + config, the conclugen probe, the backbones to re-extract with.
+        bundle_dir = local / BUNDLE_DIR
+        bundle_dir.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(_slim_payload(ckpt, cfg), buf)
+        (bundle_dir / BUNDLE_CHECKPOINT).write_bytes(buf.getvalue())
+        if "conclugen" in results:
+            shutil.copyfile(local / "conclugen" / "probe.npz", bundle_dir / BUNDLE_PROBE)
+        extract = _bundle_extract(meta, cfg.extract)
+        pretrain_run_id = info.get("mlflow_run_id")
+        bundle = {
+            "version": 1,
+            "checkpoint": BUNDLE_CHECKPOINT,
+            "probe": BUNDLE_PROBE if "conclugen" in results else None,
+            "source_checkpoint": ckpt,
+            "features_uri": str(features_uri),
+            "modalities": mods,
+            "input_dims": input_dims,
+            "label_space": list(meta.label_space),
+            "multilabel": bool(meta.multilabel),
+            "corpus": meta.corpus,
+            "backbones": {k: b.name for k, b in meta.backbones.items()},
+            "backbone_dims": {k: int(b.dim) for k, b in meta.backbones.items()},
+            "extract": json.loads(extract.model_dump_json()),
+            "pretrain_run_id": pretrain_run_id,
+        }
+        (bundle_dir / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2))
+
+        summary = {
+            "features_uri": str(features_uri), "checkpoint": ckpt, "epoch": info.get("epoch"),
+            "modalities": mods, "encoders": list(results), "pretrain_run_id": pretrain_run_id,
+            "test": {n: {k: r.test_metrics[k] for k in ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted")}
+                     for n, r in results.items()},
+            "notes": notes,
+        }
+        (local / "evaluate.json").write_text(json.dumps(summary, indent=2))
+
+        uri = run_id = parent = None
+        if log_mlflow:
+            params = {"evaluate.features_uri": features_uri, "evaluate.checkpoint": ckpt,
+                      "evaluate.epoch": info.get("epoch"), "evaluate.modalities": ",".join(mods),
+                      **{f"probe.{k}": v for k, v in cfg.probe.model_dump().items()},
+                      **{f"model.{k}": v for k, v in model_cfg.model_dump().items()}}
+            uri, run_id, parent = _log_mlflow(
+                results, local, cfg, pretrain_run_id, run_name=run_name, params=params,
+                tags={"conclugen.command": "evaluate", "conclugen.checkpoint": ckpt,
+                      "conclugen.features_uri": str(features_uri), **dict(tags or {})},
+            )
+            summary |= {"mlflow_run_id": run_id, "tracking_uri": uri}
+            (local / "evaluate.json").write_text(json.dumps(summary, indent=2))
+        if remote:
+            storage.upload_dir(local, out, cfg.storage)
+    finally:
+        if remote:
+            shutil.rmtree(local, ignore_errors=True)
+    out_uri = out if remote else str(local)
+    return EvaluateResult(
+        out_dir=out_uri, checkpoint_uri=ckpt, results=results, table_markdown=table,
+        bundle_uri=storage.join(out_uri, BUNDLE_DIR), pretrain_run_id=parent or pretrain_run_id,
+        mlflow_run_id=run_id, tracking_uri=uri, notes=notes,
+    )
+
+
+def _bundle_extract(meta: Any, extract: ExtractConfig) -> ExtractConfig:
+    """The extraction settings for predict: this config's decoding settings with the backbones the
+    features were made with (from meta.json), so new clips go through the same models."""
+    data = json.loads(extract.model_dump_json())
+    for kind, b in meta.backbones.items():
+        if kind in data["backbones"]:
+            data["backbones"][kind] = b.name
+    return ExtractConfig.model_validate(data)
