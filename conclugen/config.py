@@ -85,6 +85,12 @@ class ExtractConfig(Section):
     # Actor pool size per backbone stage; GPUs per actor when GPUs exist (0 = CPU).
     backbone_actors: int = Field(1, ge=1)
     num_gpus_per_actor: float = Field(0.0, ge=0)
+    # "fused": one actor pool holds every backbone; "separate": one actor pool per backbone.
+    backbone_stages: Literal["fused", "separate"] = "fused"
+    # torch threads (and CPUs reserved) per backbone actor; 0 = 1 CPU, torch's choice of threads
+    backbone_threads: int = Field(0, ge=0)
+    # concurrent decode tasks; 0 = as many as Ray's free CPUs allow
+    decode_tasks: int = Field(0, ge=0)
     s3_read_retries: int = Field(3, ge=0)
 
 

