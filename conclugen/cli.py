@@ -254,7 +254,7 @@ def predict(
 @app.command()
 def demo(
     workdir: Annotated[str | None, typer.Option(help="Work directory.")] = None,
-    clips: Annotated[int, typer.Option(help="Synthetic clips.")] = 140,
+    clips: Annotated[int, typer.Option(help="Synthetic clips.")] = 350,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:

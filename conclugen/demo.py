@@ -34,7 +34,7 @@ def _done(t0: float) -> None:
     print(f"(took {time.perf_counter() - t0:.1f} s)", flush=True)
 
 
-def run_demo(cfg: Config, clips: int = 140, seed: int = 0) -> None:
+def run_demo(cfg: Config, clips: int = 350, seed: int = 0) -> None:
     from conclugen import runtime
 
     work = Path(cfg.workdir).resolve()

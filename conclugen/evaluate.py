@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,25 +169,6 @@ def default_out_dir(cfg: Config, ckpt_uri: str) -> str:
 # ----------------------------------------------------------------------------- MLflow
 
 
-@contextmanager
-def scoped_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's global tracking URI set to ``uri`` for the block, then restored exactly — including
-    the MLFLOW_TRACKING_URI variable, which ``mlflow.set_tracking_uri`` exports as a side effect."""
-    import mlflow
-    import mlflow.tracking._tracking_service.utils as mlflow_uri
-
-    previous, previous_env = mlflow_uri._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-        if previous_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
-
-
 def _log_mlflow(
     results: Mapping[str, Any], local_out: Path, cfg: Config, pretrain_run_id: str | None, *, run_name: str,
     params: Mapping[str, Any], tags: Mapping[str, str],
@@ -207,7 +186,7 @@ def _log_mlflow(
         except Exception:  # noqa: BLE001 - the pretraining was tracked elsewhere: tag only
             parent = None
     tracking.get_or_create_experiment(uri, cfg.tracking.experiment)
-    with scoped_tracking_uri(uri):  # log_probe_results uses MlflowClient() with the global URI
+    with tracking.scoped_tracking_uri(uri):  # log_probe_results uses MlflowClient() with the global URI
         run_id = log_probe_results(results, local_out, parent, run_name=run_name,
                                    experiment=cfg.tracking.experiment, params=params)
     extra = dict(tags)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -173,6 +174,27 @@ def _python_model_class() -> type:
     return ConCluGenRepresentations
 
 
+@contextmanager
+def scoped_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to ``uri`` for the block, then restored exactly — including
+    the MLFLOW_TRACKING_URI variable, which ``mlflow.set_tracking_uri`` exports as a side effect
+    (restoring the default that way would pin every later ``Config.tracking_uri()`` in this
+    process to ./mlflow.db of the current directory)."""
+    import mlflow
+    import mlflow.tracking._tracking_service.utils as mlflow_uri
+
+    previous, previous_env = mlflow_uri._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
 def log_representation_model(
     uri: str,
     run_id: str,
@@ -193,28 +215,14 @@ def log_representation_model(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(v)), name=m) for m, v in input_dims.items()]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, int(d)), name=m) for m in input_dims]),
     )
-    # Restore MLflow's global URI *and* the MLFLOW_TRACKING_URI variable exactly: set_tracking_uri
-    # also exports the variable, and restoring the default that way would pin every later
-    # Config.tracking_uri() in this process to ./mlflow.db of the current directory.
-    import mlflow.tracking._tracking_service.utils as _mlflow_uri
-
-    previous, previous_env = _mlflow_uri._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
-            mlflow.pyfunc.log_model(
-                name=name,
-                python_model=_python_model_class()(),
-                artifacts={"checkpoint": str(checkpoint_file)},
-                signature=signature,
-            )
-    finally:
-        mlflow.set_tracking_uri(previous)
-        if previous_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
-        # start_run(run_id=…) ends the run as FINISHED on exit; the caller decides the final status.
+    # start_run(run_id=…) ends the run as FINISHED on exit; the caller decides the final status.
+    with scoped_tracking_uri(uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        mlflow.pyfunc.log_model(
+            name=name,
+            python_model=_python_model_class()(),
+            artifacts={"checkpoint": str(checkpoint_file)},
+            signature=signature,
+        )
     return f"runs:/{run_id}/{name}"
 
 

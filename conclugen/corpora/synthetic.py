@@ -46,24 +46,13 @@ import numpy as np
 
 from conclugen import storage
 from conclugen.corpora.manifest import SYNTH_MARKER
+from conclugen.corpora.meld import MELD_COLUMNS
 
 if TYPE_CHECKING:
     from conclugen.config import StorageConfig
 
 EMOTIONS: tuple[str, ...] = ("neutral", "joy", "sadness", "anger", "surprise", "fear", "disgust")
-MELD_HEADER: tuple[str, ...] = (
-    "Sr No.",
-    "Utterance",
-    "Speaker",
-    "Emotion",
-    "Sentiment",
-    "Dialogue_ID",
-    "Utterance_ID",
-    "Season",
-    "Episode",
-    "StartTime",
-    "EndTime",
-)
+MELD_HEADER: tuple[str, ...] = MELD_COLUMNS
 SPLITS: dict[str, tuple[str, str]] = {  # split → (csv name, clip folder), as MELD.Raw ships them
     "train": ("train_sent_emo.csv", "train/train_splits"),
     "dev": ("dev_sent_emo.csv", "dev/dev_splits_complete"),
