@@ -18,8 +18,8 @@ test: setup-dev
 	.venv/bin/python -m pytest -q --durations=15 $(ARGS)
 
 bench-quick: setup-dev
-	.venv/bin/python jobs/bench_kmeans.py --quick
-	.venv/bin/python jobs/bench_cluster_step.py --quick
+	.venv/bin/python benchmarks/kmeans.py --quick
+	.venv/bin/python benchmarks/cluster_step.py --quick
 
 clean:
 	rm -rf work .pytest_cache .ruff_cache

@@ -61,7 +61,7 @@ def synth(
 ) -> None:
     """Write a synthetic corpus in MELD's distributed layout."""
     cfg = _load(config, set_)
-    from conclugen.corpora.synthetic import synthesize
+    from conclugen.data.synthetic import synthesize
 
     summary = synthesize(out, clips=clips, seed=seed, difficulty=difficulty, storage_cfg=cfg.storage)
     typer.echo(summary.describe())
@@ -79,9 +79,9 @@ def extract(
     cfg = _load(config, set_, **{"corpus.name": corpus})
     import ray
 
-    from conclugen.backbones import BackboneError
-    from conclugen.corpora import CorpusLayoutError
-    from conclugen.extract import ExtractError, ensure_ray, run_extract
+    from conclugen.data.corpora import CorpusLayoutError
+    from conclugen.features.backbones import BackboneError
+    from conclugen.features.extract import ExtractError, ensure_ray, run_extract
 
     started = not ray.is_initialized()
     try:
@@ -106,9 +106,9 @@ def pretrain(
 ) -> None:
     """Pretrain the ConCluGen heads with Ray Train (re-run with the same --out to resume)."""
     cfg = _load(config, set_, **{"train.workers": workers, "train.epochs": epochs})
-    from conclugen.features import FeatureStoreError
+    from conclugen.features.store import FeatureStoreError
     from conclugen.storage import StorageError
-    from conclugen.train import PretrainError, check_features, ensure_ray, run_pretrain
+    from conclugen.training.pretrain import PretrainError, check_features, ensure_ray, run_pretrain
 
     try:
         check_features(features, cfg)  # fail fast, before Ray starts
@@ -135,9 +135,9 @@ def evaluate(
     Writes reports, PNGs, the comparison table and a predict bundle (OUT/model);
     logs an MLflow run nested under the pretraining run."""
     cfg = _load(config, set_)
-    from conclugen.evaluate import EvaluateError, run_evaluate
-    from conclugen.features import FeatureStoreError
-    from conclugen.probe import ProbeError
+    from conclugen.evaluation.evaluate import EvaluateError, run_evaluate
+    from conclugen.evaluation.probe import ProbeError
+    from conclugen.features.store import FeatureStoreError
     from conclugen.storage import StorageError
 
     try:
@@ -163,10 +163,10 @@ def ablate(
     cfg = _load(config, set_)
     import ray
 
-    from conclugen.ablation import AblationError, run_ablation
-    from conclugen.features import FeatureStoreError
+    from conclugen.evaluation.ablation import AblationError, run_ablation
+    from conclugen.features.store import FeatureStoreError
     from conclugen.storage import StorageError
-    from conclugen.train import PretrainError, ensure_ray
+    from conclugen.training.pretrain import PretrainError, ensure_ray
 
     started = not ray.is_initialized()
     try:
@@ -194,11 +194,11 @@ def tune(
 ) -> None:
     """Hyperparameter search with Ray Tune (re-use --name to resume a search)."""
     cfg = _load(config, set_, **{"tune.samples": samples})
-    from conclugen.features import FeatureStoreError
+    from conclugen.features.store import FeatureStoreError
+    from conclugen.search.space import load_space
+    from conclugen.search.tune import TuneError, run_tune
     from conclugen.storage import StorageError
-    from conclugen.train import PretrainError, check_features, ensure_ray
-    from conclugen.tune import TuneError, run_tune
-    from conclugen.tune_space import load_space
+    from conclugen.training.pretrain import PretrainError, check_features, ensure_ray
 
     try:
         load_space(space)  # a bad space or bad features stop here, before Ray starts
@@ -233,8 +233,8 @@ def predict(
     cfg = _load(config, set_)
     import ray
 
-    from conclugen.backbones import BackboneError
-    from conclugen.predict import PredictError, predict_videos
+    from conclugen.features.backbones import BackboneError
+    from conclugen.serving.predict import PredictError, predict_videos
     from conclugen.storage import StorageError
 
     started = not ray.is_initialized()

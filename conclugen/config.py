@@ -23,12 +23,16 @@ from pydantic import (
     model_validator,
 )
 
+from conclugen.errors import ConCluGenError
+
 MODALITIES = ("video", "audio", "text")
+# StorageConfig fields that hold credentials: never logged, never written (see Config.public_dict).
+SECRET_FIELDS = ("access_key_id", "secret_access_key", "session_token")
 MELD_EMOTIONS = ("neutral", "joy", "sadness", "anger", "surprise", "fear", "disgust")
 MOSEI_EMOTIONS = ("happiness", "sadness", "anger", "fear", "disgust", "surprise")
 
 
-class ConfigError(ValueError):
+class ConfigError(ConCluGenError, ValueError):
     """A config file or override is wrong; the message names the field."""
 
 
@@ -209,8 +213,13 @@ class Config(Section):
         return f"sqlite:///{Path(self.workdir).resolve() / 'mlflow.db'}"
 
     def public_dict(self) -> dict[str, Any]:
-        """The config as plain data with every secret masked (for logs, MLflow params, echo)."""
-        return json.loads(self.model_dump_json())  # SecretStr dumps as '**********'
+        """The config as plain data without any secret (for logs, MLflow params, checkpoints,
+        echo): the storage credentials are dropped, never written even masked. The one place
+        secrets are stripped."""
+        data = json.loads(self.model_dump_json())  # SecretStr dumps as '**********'
+        for secret in SECRET_FIELDS:
+            data["storage"].pop(secret, None)
+        return data
 
     def flat_params(self) -> dict[str, str]:
         """Dotted key → value strings, secrets removed: what MLflow records as params."""
@@ -223,20 +232,14 @@ class Config(Section):
             else:
                 out[prefix] = json.dumps(value) if isinstance(value, list) else str(value)
 
-        data = self.public_dict()
-        for secret in ("access_key_id", "secret_access_key", "session_token"):
-            data["storage"].pop(secret, None)
-        walk("", data)
+        walk("", self.public_dict())
         return out
 
     def to_yaml(self) -> str:
-        data = self.public_dict()
-        for secret in ("access_key_id", "secret_access_key", "session_token"):
-            data["storage"].pop(secret, None)
-        return yaml.safe_dump(data, sort_keys=False)
+        return yaml.safe_dump(self.public_dict(), sort_keys=False)
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "<root>"
@@ -304,7 +307,7 @@ def load_config(
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
+        raise ConfigError(format_errors(e, source)) from None
 
 
 def _deep_update(dst: dict[str, Any], src: Mapping[str, Any]) -> None:

@@ -43,7 +43,7 @@ def run_demo(cfg: Config, clips: int = 350, seed: int = 0) -> None:
     t_all = time.perf_counter()
 
     t0 = _step(1, f"synthesise {clips} clips → {corpus_dir}")
-    from conclugen.corpora.synthetic import synthesize
+    from conclugen.data.synthetic import synthesize
 
     print(synthesize(str(corpus_dir), clips=clips, seed=seed, storage_cfg=cfg.storage).describe())
     _done(t0)
@@ -51,20 +51,20 @@ def run_demo(cfg: Config, clips: int = 350, seed: int = 0) -> None:
     runtime.ensure_ray(cfg)
 
     t0 = _step(2, f"extract features (Ray Data) → {features_dir}")
-    from conclugen.extract import run_extract
+    from conclugen.features.extract import run_extract
 
     run_extract(str(corpus_dir), "meld", str(features_dir), cfg)  # prints its own summary
     _done(t0)
 
     t0 = _step(3, f"pretrain ConCluGen heads (Ray Train, {cfg.train.workers} workers) → {run_dir}")
-    from conclugen.train import run_pretrain
+    from conclugen.training.pretrain import run_pretrain
 
     pre = run_pretrain(str(features_dir), str(run_dir), cfg, run_name="demo")
     print(pre.describe())
     _done(t0)
 
     t0 = _step(4, f"evaluate: linear probe with baselines → {eval_dir}")
-    from conclugen.evaluate import run_evaluate
+    from conclugen.evaluation.evaluate import run_evaluate
 
     ev = run_evaluate(str(features_dir), str(run_dir), cfg, str(eval_dir), run_name="demo-evaluate")
     print(ev.describe())

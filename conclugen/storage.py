@@ -17,13 +17,15 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from conclugen.errors import ConCluGenError
+
 if TYPE_CHECKING:
     from conclugen.config import StorageConfig
 
 T = TypeVar("T")
 
 
-class StorageError(OSError):
+class StorageError(ConCluGenError, OSError):
     """An object could not be read or written; the message names the URI, never a credential."""
 
 

@@ -9,11 +9,13 @@ is called from the driver. Credentials never reach MLflow: params come from
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,6 +132,63 @@ def reopen_run(uri: str, run_id: str) -> bool:
     return True
 
 
+
+@dataclass
+class TrackedRun:
+    """The run a :func:`tracked_run` block logs to. Set ``status`` to end it other than FINISHED
+    (e.g. FAILED for an ablation with a failed row) without raising."""
+
+    uri: str
+    run_id: str
+    reopened: bool
+    status: str = "FINISHED"
+
+
+@contextmanager
+def tracked_run(
+    cfg: Config,
+    *,
+    run_name: str,
+    tags: Mapping[str, str] | None = None,
+    state_uri: str | None = None,
+    state_key: str = "mlflow_run_id",
+    uri: str | None = None,
+) -> Iterator[TrackedRun]:
+    """Open an MLflow run for one command, and always end it.
+
+    With ``state_uri`` (a JSON file in the command's output), a run recorded there for the same
+    tracking store is reopened instead of creating another (a resumed pretraining or search logs
+    to the run it started); a new run is recorded there. On exit the run is marked as
+    ``TrackedRun.status`` (FINISHED unless the block changed it), FAILED when the block raised and
+    KILLED on Ctrl-C; a failure to end the run never hides the block's own error.
+    """
+    from conclugen import storage
+
+    uri = uri or tracking_uri(cfg)
+    run: TrackedRun | None = None
+    if state_uri and storage.exists(state_uri, cfg.storage):
+        state = json.loads(storage.read_text(state_uri, cfg.storage))
+        if state.get("tracking_uri") == uri and reopen_run(uri, state[state_key]):
+            run = TrackedRun(uri, state[state_key], reopened=True)
+    if run is None:
+        run = TrackedRun(uri, start_run(cfg, run_name=run_name, tags=tags, uri=uri), reopened=False)
+        if state_uri:
+            storage.write_text(state_uri, json.dumps({state_key: run.run_id, "tracking_uri": uri}), cfg.storage)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        run.status = "KILLED"
+        raise
+    except BaseException:
+        run.status = "FAILED"
+        raise
+    finally:
+        try:
+            end_run(uri, run.run_id, run.status)
+        except Exception:  # noqa: BLE001 - never hide the block's own error
+            pass
+
+
 # ----------------------------------------------------------------------------- the MLflow model
 
 
@@ -151,7 +210,7 @@ def _python_model_class() -> type:
         __doc__ = RepresentationModel.__doc__
 
         def load_context(self, context: Any) -> None:
-            from conclugen.train import load_checkpoint
+            from conclugen.training.run_folder import load_checkpoint
 
             self.model, self.info = load_checkpoint(context.artifacts["checkpoint"])
             self.model.eval()

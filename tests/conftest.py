@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from conclugen.services import MlflowServer, S3Server
+    from conclugen.devtools.services import MlflowServer, S3Server
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,14 +41,14 @@ def ray_cluster() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A real SeaweedFS S3 server on loopback (``conclugen.services.S3Server``) for the session.
+    """A real SeaweedFS S3 server on loopback (``conclugen.devtools.services.S3Server``) for the session.
 
     Its endpoint and generated credentials are also put into ``os.environ`` (AWS_ENDPOINT_URL,
     AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION) so that code under
     test finds it through the standard variables; the previous values come back afterwards.
     Use ``s3_server.bucket_uri("name")`` for a bucket (created on first use).
     """
-    from conclugen.services import start_s3
+    from conclugen.devtools.services import start_s3
 
     # Generous timeouts: the machine is shared, and start-up is slow under load.
     server = start_s3(tmp_path_factory.mktemp("seaweedfs"), timeout=120)
@@ -67,10 +67,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """A real ``mlflow server`` on loopback (``conclugen.services.MlflowServer``; ``.uri``) for the
+    """A real ``mlflow server`` on loopback (``conclugen.devtools.services.MlflowServer``; ``.uri``) for the
     session, sqlite backend and artifacts under a session temp dir. It does not set
     MLFLOW_TRACKING_URI: pass ``mlflow_server.uri`` explicitly (or monkeypatch the variable)."""
-    from conclugen.services import start_mlflow
+    from conclugen.devtools.services import start_mlflow
 
     server = start_mlflow(tmp_path_factory.mktemp("mlflow"), timeout=240)
     try:

@@ -12,7 +12,7 @@ import yaml
 
 from conclugen import storage
 from conclugen.config import Config, ConfigError, StorageConfig, load_config
-from conclugen.services import S3Server
+from conclugen.devtools.services import S3Server
 
 KINDS = ["local", "file", pytest.param("s3", marks=pytest.mark.s3)]
 

@@ -65,8 +65,8 @@ def test_run_params_metrics_and_no_secrets(tmp_path, monkeypatch):
 def test_pyfunc_model_roundtrip(tmp_path, monkeypatch):
     import mlflow.pyfunc
 
-    from conclugen.model import ConCluGen
-    from conclugen.train import save_checkpoint_dir
+    from conclugen.model.heads import ConCluGen
+    from conclugen.training.run_folder import save_checkpoint_dir
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = _cfg(tmp_path, "model.d=32", "model.p=16", "model.r=16", "model.k=4", "model.audio_geu_dim=16")

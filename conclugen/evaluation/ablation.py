@@ -1,0 +1,346 @@
+"""`conclugen ablate`: the reference's ablation set, pretrained and probed at equal budget, one table.
+
+Rows (METHOD.md, "Released ablations"; the video-only SimCLR baseline is not part of this set):
+
+=============================  ===================================  =====================
+row                            losses                               modalities
+=============================  ===================================  =====================
+all_losses                     contrastive + clustering + recon.    all (config's)
+contrastive_clustering         contrastive + clustering             all
+contrastive_reconstruction     contrastive + reconstruction         all
+contrastive                    contrastive                          all
+contrastive_video_audio        contrastive                          video + audio
+contrastive_video_text         contrastive                          video + text
+reconstruction                 reconstruction                       all
+=============================  ===================================  =====================
+
+An active loss keeps the config's weight λ (1.0 when the config had set it to 0); the others
+are set to 0. **Equal budget**: every row has the same epochs, batch, seed, optimiser and
+schedule (the config's), and early stopping is switched off (``train.patience = train.epochs``)
+*(ours)* so that no row trains for fewer epochs than another; each row is then probed on its
+best-validation checkpoint. The baselines (raw backbone features, random heads — computed
+once, with the first all-modality row's architecture) are added to the table.
+
+Concurrency *(ours)*: each row is one Ray task (``num_cpus=1`` for its probe) that runs
+:func:`conclugen.training.pretrain.run_pretrain` — a Ray Train ``TorchTrainer`` with ``train.workers``
+workers of ``train.cpus_per_worker`` CPUs — and then :func:`conclugen.evaluation.evaluate.run_evaluate`.
+Rows run at once as far as the cluster's CPUs allow: a row holds
+``1 + max(workers, 1) × cpus_per_worker`` CPUs plus one CPU of headroom for the Ray Data tasks
+that read its features (and ``workers`` GPUs when training on GPUs), so
+``parallel = min(rows, CPUs // that, max_parallel)``. When only one fits the rows run one after
+the other through the same code. A row that fails is reported in the table (status ``failed``)
+and does not stop the others.
+
+Layout under OUT (a local path): ``<row>/run`` (checkpoints), ``<row>/eval`` (probe reports and
+a predict bundle), ``ablation.md``, ``ablation.csv``, ``ablation.json``.
+
+MLflow: one parent run ``ablation`` (the config as params, the table as artifacts, metrics
+``<row>.test_f1_weighted`` / ``<row>.test_accuracy`` for every row and baseline); each row's
+pretraining run is its child and each row's evaluate run a child of that pretraining run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conclugen import storage
+from conclugen.config import Config
+from conclugen.errors import ConCluGenError
+
+LOSSES = ("contrastive", "clustering", "reconstruction")
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    name: str  # folder- and MLflow-safe
+    losses: tuple[str, ...]
+    modalities: tuple[str, ...] | None = None  # None: the config's modalities
+
+    def label(self) -> str:
+        return " + ".join(self.losses)
+
+
+ABLATIONS: tuple[AblationRow, ...] = (
+    AblationRow("all_losses", ("contrastive", "clustering", "reconstruction")),
+    AblationRow("contrastive_clustering", ("contrastive", "clustering")),
+    AblationRow("contrastive_reconstruction", ("contrastive", "reconstruction")),
+    AblationRow("contrastive", ("contrastive",)),
+    AblationRow("contrastive_video_audio", ("contrastive",), ("video", "audio")),
+    AblationRow("contrastive_video_text", ("contrastive",), ("video", "text")),
+    AblationRow("reconstruction", ("reconstruction",)),
+)
+BASELINES = ("raw_features", "random_heads")
+
+
+class AblationError(ConCluGenError, ValueError):
+    """The ablation cannot start (unknown row, modality missing from the features, ...)."""
+
+
+def row_config(base: Config, row: AblationRow, equal_budget: bool = True) -> Config:
+    """The base config with this row's loss weights and modalities (validated again)."""
+    data = base.model_dump()  # keeps SecretStr objects, so credentials survive the round trip
+    for name in LOSSES:
+        w = float(data["losses"][name])
+        data["losses"][name] = (w if w > 0 else 1.0) if name in row.losses else 0.0
+    if row.modalities is not None:
+        data["model"]["modalities"] = list(row.modalities)
+    if equal_budget:
+        data["train"]["patience"] = data["train"]["epochs"]
+    return Config.model_validate(data)
+
+
+def plan_parallel(cfg: Config, resources: Mapping[str, float], n_rows: int, max_parallel: int = 0) -> int:
+    """Rows at once: what the cluster's CPUs (and GPUs) fit, capped by ``max_parallel`` (0 = no cap)."""
+    workers = max(cfg.train.workers, 1)
+    per_row = 1.0 + workers * cfg.train.cpus_per_worker + 1.0
+    fit = int(float(resources.get("CPU", 0.0)) // per_row)
+    gpus = float(resources.get("GPU", 0.0))
+    if cfg.train.use_gpu or (cfg.train.use_gpu is None and gpus > 0):
+        fit = min(fit, int(gpus // workers))
+    n = max(1, min(fit, n_rows))
+    return min(n, max_parallel) if max_parallel > 0 else n
+
+
+@dataclass
+class RowResult:
+    name: str
+    losses: list[str]
+    modalities: list[str]
+    status: str  # ok | failed | baseline
+    accuracy: float | None = None
+    f1_weighted: float | None = None
+    precision_weighted: float | None = None
+    recall_weighted: float | None = None
+    epochs: int | None = None
+    checkpoint: str | None = None
+    pretrain_run_id: str | None = None
+    evaluate_run_id: str | None = None
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class AblationResult:
+    out_dir: str
+    rows: list[RowResult]
+    parallel: int
+    seconds: float
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, name: str) -> RowResult:
+        return next(r for r in self.rows if r.name == name)
+
+    def markdown(self) -> str:
+        lines = ["| row | losses | modalities | test accuracy | test F1 (w) | epochs |",
+                 "|---|---|---|---|---|---|"]
+        for r in self.rows:
+            def f(x: float | None) -> str:
+                return f"{x:.4f}" if x is not None else "—"
+            losses = " + ".join(r.losses) if r.losses else "(none: baseline)"
+            name = r.name if r.status != "failed" else f"{r.name} (failed: {r.error[:80]})"
+            lines.append(f"| {name} | {losses} | {'+'.join(r.modalities)} | {f(r.accuracy)} | "
+                         f"{f(r.f1_weighted)} | {r.epochs if r.epochs is not None else '—'} |")
+        return "\n".join(lines) + "\n"
+
+    def csv_text(self) -> str:
+        buf = io.StringIO()
+        cols = ["row", "status", "losses", "modalities", "accuracy", "f1_weighted", "precision_weighted",
+                "recall_weighted", "epochs", "checkpoint", "pretrain_run_id", "evaluate_run_id", "seconds", "error"]
+        w = csv.writer(buf)
+        w.writerow(cols)
+        for r in self.rows:
+            d = asdict(r)
+            d["row"], d["losses"], d["modalities"] = r.name, "+".join(r.losses), "+".join(r.modalities)
+            w.writerow(["" if d[c] is None else (f"{d[c]:.6f}" if isinstance(d[c], float) else d[c]) for c in cols])
+        return buf.getvalue()
+
+    def describe(self) -> str:
+        lines = [f"ablation: {len([r for r in self.rows if r.status != 'baseline'])} rows, "
+                 f"{self.parallel} at a time, {self.seconds:.0f} s", "", self.markdown().rstrip(), "",
+                 f"table: {self.out_dir}/ablation.md, ablation.csv"]
+        if self.mlflow_run_id:
+            lines.append(f"MLflow run {self.mlflow_run_id} ({self.tracking_uri})")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- one row
+
+
+def _metrics(res: Any) -> dict[str, float]:
+    return {k: float(res.test_metrics[k]) for k in ("accuracy", "f1_weighted", "precision_weighted", "recall_weighted")}
+
+
+def run_row(
+    features_uri: str, out_dir: str, cfg: Config, row: AblationRow, parent_run_id: str | None,
+    with_baselines: bool,
+) -> list[RowResult]:
+    """Pretrain + probe one row (the body of the Ray task). Returns the row's result and, when
+    ``with_baselines``, the two baselines probed on the same features with this row's architecture."""
+    from conclugen.evaluation.encoders import ENCODERS
+    from conclugen.evaluation.evaluate import run_evaluate
+    from conclugen.training.pretrain import ensure_ray, run_pretrain
+
+    t0 = time.perf_counter()
+    mods = list(cfg.model.modalities)
+    base = RowResult(row.name, list(row.losses), mods, "failed")
+    try:
+        ensure_ray(cfg)  # no-op inside a task (the worker is connected); lets tests call this directly
+        tags = {"conclugen.evaluation.ablation": row.name, "conclugen.command": "ablate"}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        pre = run_pretrain(features_uri, storage.join(out_dir, row.name, "run"), cfg,
+                           run_name=f"ablation/{row.name}", log_model=False, tags=tags)
+        encoders = ENCODERS if with_baselines else ("conclugen",)
+        ev = run_evaluate(features_uri, pre.best_checkpoint, cfg, storage.join(out_dir, row.name, "eval"),
+                          encoders=encoders, run_name=f"evaluate/{row.name}", tags={"conclugen.evaluation.ablation": row.name})
+    except Exception as e:  # noqa: BLE001 - one failed row must not sink the table
+        base.error = f"{type(e).__name__}: {e}"
+        base.seconds = time.perf_counter() - t0
+        return [base]
+    base.status = "ok"
+    base.__dict__.update(_metrics(ev.results["conclugen"]))
+    base.epochs = pre.epochs_done
+    base.checkpoint = pre.best_checkpoint
+    base.pretrain_run_id = pre.mlflow_run_id
+    base.evaluate_run_id = ev.mlflow_run_id
+    base.seconds = time.perf_counter() - t0
+    out = [base]
+    if with_baselines:
+        for name in BASELINES:
+            b = RowResult(name, [], mods, "baseline", evaluate_run_id=ev.mlflow_run_id)
+            b.__dict__.update(_metrics(ev.results[name]))
+            out.append(b)
+    return out
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _select(names: Sequence[str] | None) -> list[AblationRow]:
+    if not names:
+        return list(ABLATIONS)
+    known = {r.name: r for r in ABLATIONS}
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise AblationError(f"unknown ablation rows {bad} (known: {', '.join(known)})")
+    return [known[n] for n in names]
+
+
+def run_ablation(
+    features_uri: str,
+    out_dir: str,
+    cfg: Config,
+    *,
+    rows: Sequence[str] | None = None,
+    max_parallel: int = 0,
+    equal_budget: bool = True,
+    log_mlflow: bool = True,
+    progress: Any = print,
+) -> AblationResult:
+    """Pretrain + probe each ablation row (all of :data:`ABLATIONS`, or the named ``rows``) on
+    ``features_uri`` as concurrent Ray tasks; writes the table under ``out_dir`` and logs it to a
+    parent MLflow run. Ray must be initialised by the caller (CLI / job / test fixture)."""
+    import ray
+
+    from conclugen import tracking
+    from conclugen.features.extract import resolved_storage
+    from conclugen.training.pretrain import check_features
+
+    say = progress or (lambda s: None)
+    t0 = time.perf_counter()
+    selected = _select(rows)
+    if storage.is_s3(out_dir):
+        raise AblationError("the ablation output must be a local folder (the rows' checkpoints may go to s3 "
+                            "through --set, the table is written locally)")
+    out = str(Path(out_dir).expanduser().resolve())
+    if not storage.is_s3(features_uri) and not str(features_uri).startswith("file://"):
+        features_uri = str(Path(features_uri).expanduser().resolve())
+    # Pin what a task must see exactly as the driver does: the tracking store (a relative workdir
+    # would resolve against the worker's directory) and the S3 endpoint/credentials.
+    uri = tracking.tracking_uri(cfg)
+    base = cfg.model_copy(update={
+        "workdir": str(Path(cfg.workdir).expanduser().resolve()),
+        "tracking": cfg.tracking.model_copy(update={"uri": uri}),
+        "storage": resolved_storage(cfg.storage),
+    })
+    cfgs = {r.name: row_config(base, r, equal_budget) for r in selected}
+    for r in selected:  # every row's modalities must be in the features: fail before any work
+        check_features(features_uri, cfgs[r.name])
+    Path(out).mkdir(parents=True, exist_ok=True)
+
+    parent = None
+    if log_mlflow:
+        parent = tracking.start_run(base, run_name="ablation", uri=uri, tags={
+            "conclugen.command": "ablate", "conclugen.features_uri": features_uri, "conclugen.out": out,
+            "conclugen.rows": ",".join(r.name for r in selected), "conclugen.equal_budget": str(equal_budget)})
+
+    # Baselines ride with the first row that sees every modality of the config.
+    full = [r for r in selected if cfgs[r.name].model.modalities == base.model.modalities]
+    baseline_row = full[0].name if full else None
+    parallel = plan_parallel(base, ray.cluster_resources(), len(selected), max_parallel)
+    say(f"ablation: {len(selected)} rows, {parallel} at a time "
+        f"({max(base.train.workers, 1)} Train worker(s) each), {base.train.epochs} epochs per row")
+
+    task = ray.remote(num_cpus=1, max_retries=1)(run_row)
+    results: dict[str, list[RowResult]] = {}
+    pending: dict[Any, str] = {}
+    queue = list(selected)
+    status = "FAILED"
+    try:
+        while queue or pending:
+            while queue and len(pending) < parallel:
+                r = queue.pop(0)
+                ref = task.remote(features_uri, out, cfgs[r.name], r, parent, r.name == baseline_row)
+                pending[ref] = r.name
+                say(f"ablation: started {r.name}")
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                name = pending.pop(ref)
+                try:
+                    results[name] = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - the task itself died (e.g. out of memory)
+                    row = next(x for x in selected if x.name == name)
+                    results[name] = [RowResult(name, list(row.losses), list(cfgs[name].model.modalities),
+                                               "failed", error=f"{type(e).__name__}: {e}")]
+                head = results[name][0]
+                say(f"ablation: finished {name}: " + (f"test F1 (w) {head.f1_weighted:.4f}, accuracy "
+                    f"{head.accuracy:.4f} [{head.seconds:.0f} s]" if head.status == "ok" else f"FAILED {head.error}"))
+        table = [results[r.name][0] for r in selected]
+        table += [x for r in selected for x in results[r.name][1:]]  # the baselines last
+        result = AblationResult(out, table, parallel, time.perf_counter() - t0, parent, uri if parent else None)
+        if baseline_row is None:
+            result.notes.append("no row uses every modality of the config: baselines left out")
+        (Path(out) / "ablation.md").write_text(result.markdown())
+        (Path(out) / "ablation.csv").write_text(result.csv_text())
+        (Path(out) / "ablation.json").write_text(json.dumps(
+            {"features_uri": features_uri, "parallel": parallel, "seconds": result.seconds,
+             "equal_budget": equal_budget, "epochs": base.train.epochs, "batch_size": base.train.batch_size,
+             "seed": base.train.seed, "rows": [asdict(r) for r in table], "mlflow_run_id": parent}, indent=2))
+        if parent:
+            metrics = {}
+            for r in table:
+                for k in ("f1_weighted", "accuracy"):
+                    v = getattr(r, k)
+                    if v is not None:
+                        metrics[f"{r.name}.test_{k}"] = v
+            tracking.log_metrics(uri, parent, metrics, step=0)
+            c = tracking.client(uri)
+            for name in ("ablation.md", "ablation.csv", "ablation.json"):
+                c.log_artifact(parent, str(Path(out) / name))
+        status = "FINISHED" if all(r.status != "failed" for r in table) else "FAILED"
+        return result
+    finally:
+        if parent:
+            try:
+                tracking.end_run(uri, parent, status)
+            except Exception:  # noqa: BLE001 - never hide the real error
+                pass

@@ -1,0 +1,156 @@
+"""Audio backbones on a clip's mono 16 kHz waveform, averaged over time.
+
+``embed(waves)`` takes one float32 waveform ``[T]`` in [-1, 1] per clip and returns float32
+``[B, dim]``. Clips shorter than one second are zero-padded to one second (the models' receptive
+fields need it); an empty waveform gives zeros (the pipeline records the gap).
+
+- ``offline:audio`` = ``offline:speech-embedding``: Google's speech_embedding model (trained on
+  ~200M YouTube speech clips) as the two ONNX graphs shipped inside ``openwakeword==0.4.0``
+  (melspectrogram.onnx → 32-bin mel, embedding_model.onnx → 96-d per 76-frame window, step 8),
+  run with onnxruntime exactly as openwakeword feeds them; mean over windows → 96-d.
+- ``offline:seeded-audio``: a seeded, untrained CNN over the 128-bin log-mel (128-d).
+- ``hf:<id>``: AutoFeatureExtractor + AutoModel (e.g. facebook/wav2vec2-base → 768-d), mean of
+  the last hidden state over time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from conclugen.features.backbones.image import seeded_init
+from conclugen.features.backbones.registry import Backbone, BackboneError
+
+SAMPLE_RATE = 16000
+MIN_SAMPLES = SAMPLE_RATE  # pad shorter clips to 1 s
+
+
+def _padded(wave: np.ndarray | None) -> np.ndarray | None:
+    if wave is None or len(wave) == 0:
+        return None
+    wave = np.asarray(wave, np.float32)
+    if len(wave) < MIN_SAMPLES:
+        wave = np.pad(wave, (0, MIN_SAMPLES - len(wave)))
+    return wave
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+class SpeechEmbedding(Backbone):
+    kind = "audio"
+    dim = 96
+    trained = True
+    WINDOW, STEP = 76, 8
+
+    def __init__(self, name: str, device: str = "cpu", cfg: Any = None) -> None:
+        import importlib.util
+
+        import onnxruntime as ort
+
+        super().__init__(name, device)
+        spec = importlib.util.find_spec("openwakeword")
+        if spec is None or not spec.submodule_search_locations:
+            raise BackboneError("offline:audio needs openwakeword==0.4.0 (it ships the ONNX models)")
+        base = os.path.join(list(spec.submodule_search_locations)[0], "resources", "models")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = _threads()
+        opts.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        self.mel = ort.InferenceSession(os.path.join(base, "melspectrogram.onnx"), opts, providers=providers)
+        self.emb = ort.InferenceSession(os.path.join(base, "embedding_model.onnx"), opts, providers=providers)
+        self.details = {"source": "openwakeword==0.4.0 melspectrogram.onnx + embedding_model.onnx "
+                        "(Google speech_embedding)", "window": "76 mel frames, step 8"}
+
+    def _one(self, wave: np.ndarray) -> np.ndarray:
+        # 16-bit PCM values, as openwakeword feeds the model
+        pcm = np.clip(wave * 32767.0, -32768, 32767).astype(np.int16).astype(np.float32)[None]
+        spec = np.squeeze(self.mel.run(None, {"input": pcm})[0]) / 10.0 + 2.0  # openwakeword's transform
+        starts = range(0, max(1, spec.shape[0] - self.WINDOW + 1), self.STEP)
+        windows = np.stack([spec[i : i + self.WINDOW] for i in starts if i + self.WINDOW <= spec.shape[0]])
+        out = self.emb.run(None, {"input_1": windows[..., None].astype(np.float32)})[0]
+        return out.reshape(len(windows), -1).mean(axis=0)
+
+    def embed(self, items: Sequence[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(items), self.dim), np.float32)
+        for i, w in enumerate(items):
+            w = _padded(w)
+            if w is not None:
+                out[i] = self._one(w)
+        return out
+
+
+def speech_embedding(name: str, device: str = "cpu", cfg: Any = None) -> Backbone:
+    return SpeechEmbedding(name, device, cfg)
+
+
+class SeededAudio(Backbone):
+    kind = "audio"
+    dim = 128
+    trained = False
+
+    def __init__(self, name: str, device: str = "cpu", cfg: Any = None) -> None:
+        super().__init__(name, device)
+        self.n_mels = int(getattr(cfg, "n_mels", 128) or 128)
+        self.model = seeded_init(
+            nn.Sequential(
+                nn.Conv1d(self.n_mels, 128, 5, stride=2, padding=2), nn.ReLU(),
+                nn.Conv1d(128, 128, 5, stride=2, padding=2), nn.ReLU(),
+            ),
+            seed=3,
+        ).to(device)
+        self.details = {"source": "seeded 1D CNN over log-mel (seed 3), untrained"}
+
+    @torch.inference_mode()
+    def embed(self, items: Sequence[np.ndarray]) -> np.ndarray:
+        from conclugen.data.media import log_mel
+
+        out = np.zeros((len(items), self.dim), np.float32)
+        for i, w in enumerate(items):
+            w = _padded(w)
+            if w is None:
+                continue
+            mel = torch.as_tensor(log_mel(w, SAMPLE_RATE, n_mels=self.n_mels)).float()[None]
+            out[i] = self.model(mel.to(self.device)).mean(dim=2)[0].cpu().numpy()
+        return out
+
+
+def seeded_audio(name: str, device: str = "cpu", cfg: Any = None) -> Backbone:
+    return SeededAudio(name, device, cfg)
+
+
+class HFAudio(Backbone):
+    kind = "audio"
+    trained = True
+
+    def __init__(self, name: str, path: str, device: str = "cpu", cfg: Any = None) -> None:
+        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+
+        super().__init__(name, device)
+        config = AutoConfig.from_pretrained(path)
+        self.extractor = AutoFeatureExtractor.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval().to(device)
+        self.sample_rate = int(getattr(self.extractor, "sampling_rate", SAMPLE_RATE) or SAMPLE_RATE)
+        if self.sample_rate != SAMPLE_RATE:
+            raise BackboneError(f"{name} expects {self.sample_rate} Hz audio; the pipeline decodes 16 kHz")
+        self.dim = int(config.hidden_size)
+        self.details = {"source": name, "class": type(self.model).__name__}
+
+    @torch.inference_mode()
+    def embed(self, items: Sequence[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(items), self.dim), np.float32)
+        for i, w in enumerate(items):  # one clip at a time: lengths differ, no padding bias in the mean
+            w = _padded(w)
+            if w is None:
+                continue
+            inputs = self.extractor(w, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+            inputs = {k: v.to(self.device) for k, v in inputs.items()}
+            h = self.model(**inputs).last_hidden_state
+            out[i] = h.mean(dim=1)[0].float().cpu().numpy()
+        return out

@@ -1,0 +1,115 @@
+"""`conclugen ablate`: the row set and its configs, the concurrency plan, and the command end to end
+on tiny features (rows as concurrent Ray tasks, each a 1-worker Ray Train run + probe; one table
+with the baselines; a parent MLflow run over the rows' runs)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conclugen.config import load_config
+from tests.helpers.configs import TINY as BASE_TINY
+from tests.helpers.features import write_feature_store
+
+TINY = [*BASE_TINY, "probe.epochs=20", "probe.batch_size=64"]
+
+
+def test_rows_are_the_reference_set() -> None:
+    from conclugen.evaluation.ablation import ABLATIONS, row_config
+
+    base = load_config(None, ["losses.contrastive=0.5", "losses.reconstruction=0", "train.epochs=7",
+                              "storage.secret_access_key=s3cr3t"])
+    want = {  # row → (contrastive, clustering, reconstruction, modalities)
+        "all_losses": (0.5, 1.0, 1.0, ["video", "audio", "text"]),
+        "contrastive_clustering": (0.5, 1.0, 0.0, ["video", "audio", "text"]),
+        "contrastive_reconstruction": (0.5, 0.0, 1.0, ["video", "audio", "text"]),
+        "contrastive": (0.5, 0.0, 0.0, ["video", "audio", "text"]),
+        "contrastive_video_audio": (0.5, 0.0, 0.0, ["video", "audio"]),
+        "contrastive_video_text": (0.5, 0.0, 0.0, ["video", "text"]),
+        "reconstruction": (0.0, 0.0, 1.0, ["video", "audio", "text"]),
+    }
+    assert [r.name for r in ABLATIONS] == list(want)
+    for r in ABLATIONS:
+        c = row_config(base, r)
+        L = c.losses
+        assert (L.contrastive, L.clustering, L.reconstruction, c.model.modalities) == want[r.name], r.name
+        # equal budget: same epochs/batch/seed/lr for every row, no early stop
+        assert (c.train.epochs, c.train.patience, c.train.batch_size, c.train.seed, c.train.lr) == (
+            7, 7, base.train.batch_size, base.train.seed, base.train.lr)
+        assert c.storage.secret_access_key.get_secret_value() == "s3cr3t"
+
+
+def test_plan_parallel() -> None:
+    from conclugen.evaluation.ablation import AblationError, _select, plan_parallel
+
+    cfg = load_config(None, ["train.workers=1"])
+    assert plan_parallel(cfg, {"CPU": 8}, 7) == 2  # 1 (probe) + 1 worker + 1 headroom per row
+    assert plan_parallel(cfg, {"CPU": 2}, 7) == 1  # never 0: rows then run one after the other
+    assert plan_parallel(cfg, {"CPU": 64}, 7) == 7
+    assert plan_parallel(cfg, {"CPU": 64}, 7, max_parallel=3) == 3
+    two = load_config(None, ["train.workers=2", "train.cpus_per_worker=2"])
+    assert plan_parallel(two, {"CPU": 24}, 7) == 4
+    gpu = load_config(None, ["train.workers=2", "train.use_gpu=true"])
+    assert plan_parallel(gpu, {"CPU": 64, "GPU": 4}, 7) == 2  # two GPUs per row
+    with pytest.raises(AblationError, match="unknown ablation rows"):
+        _select(["all_losses", "simclr"])
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ablate_command_end_to_end(ray_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from conclugen.cli import app
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    work = tmp_path / "work"
+    sets = [*TINY, "train.workers=1", "train.epochs=1", f"workdir={work}"]
+    feats = str(tmp_path / "feats")
+    write_feature_store(feats, splits={"train": 64, "val": 32, "test": 32})
+    out = tmp_path / "ablation"
+    rows = ["all_losses", "contrastive_video_audio"]
+    args = ["ablate", feats, "--out", str(out)]
+    for r in rows:
+        args += ["--row", r]
+    for s in sets:
+        args += ["--set", s]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "2 rows, 2 at a time" in result.output  # 8 logical CPUs, 3 per row: both rows at once
+
+    table = list(csv.DictReader((out / "ablation.csv").open()))
+    assert [t["row"] for t in table] == [*rows, "raw_features", "random_heads"]
+    assert [t["status"] for t in table] == ["ok", "ok", "baseline", "baseline"]
+    assert table[1]["modalities"] == "video+audio" and table[1]["losses"] == "contrastive"
+    for t in table:
+        assert 0.0 <= float(t["f1_weighted"]) <= 1.0 and 0.0 <= float(t["accuracy"]) <= 1.0
+    for t in table[:2]:
+        assert int(t["epochs"]) == 1 and (out / t["row"] / "eval" / "conclugen" / "confusion.png").is_file()
+        assert Path(t["checkpoint"]).is_dir() and str(out / t["row"] / "run") in t["checkpoint"]
+    # separable tiny classes: the raw features almost perfectly, every row far above chance (0.25)
+    assert float(table[2]["f1_weighted"]) > 0.9
+    assert all(float(t["f1_weighted"]) > 0.5 for t in table)
+    md = (out / "ablation.md").read_text()
+    assert "| contrastive_video_audio | contrastive | video+audio |" in md and "| raw_features |" in md
+
+    cfg = load_config(None, sets)
+    client = MlflowClient(tracking_uri=cfg.tracking_uri())
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    parent = client.search_runs([exp.experiment_id], "tags.`conclugen.command` = 'ablate' and attributes.run_name = 'ablation'")
+    assert len(parent) == 1
+    p = parent[0]
+    assert p.info.status == "FINISHED"
+    assert p.data.metrics["contrastive_video_audio.test_f1_weighted"] == pytest.approx(float(table[1]["f1_weighted"]), abs=1e-6)
+    assert p.data.metrics["random_heads.test_accuracy"] == pytest.approx(float(table[3]["accuracy"]), abs=1e-6)
+    assert {a.path for a in client.list_artifacts(p.info.run_id)} >= {"ablation.md", "ablation.csv"}
+    for t in table[:2]:  # each row's pretraining run is a child of the ablation run …
+        pre = client.get_run(t["pretrain_run_id"])
+        assert pre.data.tags["mlflow.parentRunId"] == p.info.run_id and pre.data.tags["conclugen.evaluation.ablation"] == t["row"]
+        assert pre.data.params["model.modalities"] == ('["video", "audio"]' if t["row"] == "contrastive_video_audio"
+                                                        else '["video", "audio", "text"]')
+        ev = client.get_run(t["evaluate_run_id"])  # … and its evaluate run a child of that
+        assert ev.data.tags["mlflow.parentRunId"] == pre.info.run_id

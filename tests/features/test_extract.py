@@ -1,0 +1,233 @@
+"""The Ray Data extraction pipeline end to end: a synthetic MELD corpus from a local directory and
+from SeaweedFS S3, the idempotent re-run, and the bad-input suite (every manifest row ends in
+exactly one of features / errors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conclugen import storage
+from conclugen.config import Config, load_config
+from conclugen.data.corpora.manifest import Manifest, row
+from conclugen.features.extract import ExtractError, read_and_decode, run_extract, unpack
+from conclugen.features.store import load_arrays, read_meta, read_table
+
+pytestmark = [pytest.mark.ray]
+
+N_CLIPS = 8
+
+
+def _cfg(*sets: str) -> Config:
+    return load_config(None, ["extract.decode_batch_size=2", "extract.backbone_batch_size=4", "extract.decode_tasks=2", *sets])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conclugen.data.synthetic import synthesize
+
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(str(root), clips=N_CLIPS, seed=3, workers=1)
+    return root
+
+
+def _ids(uri: str, sub: str) -> list[str]:
+    t = read_table(storage.join(uri, sub), columns=["clip_id"])
+    return t.column("clip_id").to_pylist() if t.num_rows else []
+
+
+@pytest.mark.slow
+def test_pipeline_local_then_idempotent_resume(ray_cluster: None, corpus: Path, tmp_path: Path) -> None:
+    from conclugen.data.corpora import load_manifest
+    from conclugen.features.backbones import load_backbone
+
+    out = str(tmp_path / "features")
+    cfg = _cfg()
+    s = run_extract(str(corpus), "meld", out, cfg, shard_rows=3, progress=None)
+    assert s.accounted and s.manifest_clips == N_CLIPS and s.processed == N_CLIPS
+    assert s.features + s.errors == N_CLIPS and s.features == N_CLIPS  # synthetic clips are all good
+    feats = _ids(out, "features")
+    assert sorted(feats) == sorted({r["clip_id"] for r in load_manifest("meld", str(corpus), cfg).rows})
+
+    meta = read_meta(out)
+    assert meta.corpus == load_manifest("meld", str(corpus), cfg).corpus  # the loader's name ("synthetic")
+    assert meta.dims == {"video": 128 + 128, "audio": 96, "text": 384}
+    assert meta.backbones["video3d"].trained is False and meta.backbones["text"].trained is True
+    arrays = load_arrays(out)
+    for m in ("video", "audio", "text"):
+        assert arrays[m].shape == (N_CLIPS, meta.dims[m]) and np.isfinite(arrays[m]).all()
+    table = read_table(storage.join(out, "features"))
+    assert min(table.column("n_faces").to_pylist()) >= 0 and max(table.column("n_faces").to_pylist()) > 0
+    assert all(g == [] for g in table.column("gaps").to_pylist())  # speech + transcript everywhere
+
+    # one clip recomputed here, sequentially, equals what the pipeline wrote
+    man = load_manifest("meld", str(corpus), cfg)
+    r0 = man.rows[0]
+    d = read_and_decode(r0, cfg, cfg.storage)
+    k = arrays["clip_id"].index(r0["clip_id"])
+    image = load_backbone("image", "offline:image").embed([unpack(d["faces"])])[0]
+    v3d = load_backbone("video3d", "offline:video3d").embed([unpack(d["windows"])])[0]
+    audio = load_backbone("audio", "offline:audio").embed([unpack(d["audio"])])[0]
+    text = load_backbone("text", "offline:minilm").embed([r0["transcript"]])[0]
+    np.testing.assert_allclose(arrays["video"][k], np.concatenate([image, v3d]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(arrays["audio"][k], audio, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(arrays["text"][k], text, rtol=1e-4, atol=1e-4)
+
+    # re-run: nothing to do
+    s2 = run_extract(str(corpus), "meld", out, cfg, shard_rows=3, progress=None)
+    assert s2.processed == 0 and s2.skipped == N_CLIPS and s2.accounted
+
+    # lose one whole shard and two rows of another: exactly those clips are redone
+    shards = storage.list_files(storage.join(out, "features"), suffixes=(".parquet",))
+    assert len(shards) >= 3
+    lost = pq.read_table(shards[0]).column("clip_id").to_pylist()
+    Path(shards[0]).unlink()
+    t1 = pq.read_table(shards[1])
+    lost += t1.column("clip_id").to_pylist()[:2]
+    pq.write_table(t1.slice(2), shards[1])
+    s3 = run_extract(str(corpus), "meld", out, cfg, shard_rows=3, progress=None)
+    assert s3.processed == len(lost) and s3.skipped == N_CLIPS - len(lost) and s3.accounted
+    assert sorted(_ids(out, "features")) == sorted(feats)
+    again = load_arrays(out)
+    np.testing.assert_allclose(again["video"], arrays["video"], rtol=1e-4, atol=1e-4)  # deterministic
+
+    # a different backbone into the same store is refused, not mixed in
+    with pytest.raises(ExtractError, match="already holds"):
+        run_extract(str(corpus), "meld", out, _cfg("extract.backbones.image=offline:seeded-image"), progress=None)
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_pipeline_from_and_to_s3(ray_cluster: None, s3_server, corpus: Path) -> None:
+    src = storage.join(s3_server.bucket_uri("corpus"), "meld")
+    storage.upload_dir(corpus, src)
+    out = storage.join(s3_server.bucket_uri("features"), "run1")
+    cfg = _cfg("extract.backbones.text=offline:minilm")
+    s = run_extract(src, "meld", out, cfg, shard_rows=4, progress=None)
+    assert s.accounted and s.features == N_CLIPS and s.errors == 0
+    arrays = load_arrays(out)
+    assert arrays["video"].shape == (N_CLIPS, 256)
+    assert all(u.startswith("s3://") for u in storage.list_files(storage.join(out, "features")))
+    s2 = run_extract(src, "meld", out, cfg, shard_rows=4, progress=None)
+    assert s2.processed == 0 and s2.accounted
+
+
+def _bad_corpus(root: Path, good: bytes) -> Manifest:
+    """One clip per kind of bad input; returns the manifest that lists them."""
+    from conclugen.data.media import encode_clip
+
+    rng = np.random.default_rng(0)
+    t = np.arange(16000 * 3) / 16000
+    tone = (0.2 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    noise = lambda n, h=96, w=96: rng.integers(0, 255, (n, h, w, 3), dtype=np.uint8)  # noqa: E731
+    files: dict[str, bytes | None] = {
+        "good": good,
+        "zero_byte": b"",
+        "truncated": good[: len(good) // 3],
+        "not_a_video": b"this is a text file, not a video\n" * 20,
+        "no_audio": encode_clip(noise(30), 15),
+        "no_audio_no_text": encode_clip(noise(30), 15),
+        "no_video": encode_clip(None, 15, tone),
+        "no_face": encode_clip(noise(20), 10, tone[:16000 * 2]),
+        "one_frame": encode_clip(noise(1), 25, tone[:800]),
+        "long": encode_clip(noise(90), 15, tone.repeat(2)),  # 6 s, capped at 2 s
+        "odd_fps": encode_clip(noise(21), 7, tone),
+        "ntsc_fps": encode_clip(noise(60), 30000 / 1001, tone[: 16000 * 2]),
+        "non_ascii_é_測試": good,
+        "missing": None,
+        "corrupt_middle": good[:2000] + bytes(rng.integers(0, 255, len(good) - 4000, dtype=np.uint8)) + good[-2000:],
+    }
+    rows = []
+    for name, data in files.items():
+        path = root / f"{name}.mp4"
+        if data is not None:
+            path.write_bytes(data)
+        text = "Ça va? 日本語 — ok" if "non_ascii" in name else f"clip {name}"
+        if name in ("no_face", "no_audio_no_text"):
+            text = ""  # no transcript: ASR when there is audio, else the gap "text"
+        rows.append(row(name, str(path), "train", "meld", ["joy"], transcript=text or None))
+    rows.append(row("s3_unreachable", "s3://nobucket/clip.mp4", "train", "meld", ["joy"], transcript="x"))
+    problems = [{"clip_id": "unknown_label", "video_uri": str(root / "good.mp4"), "stage": "manifest",
+                 "error": "UnknownLabelError: unknown emotion 'bored'"}]
+    return Manifest(rows=rows, problems=problems, label_space=["joy"], multilabel=False, corpus="meld")
+
+
+@pytest.mark.slow
+def test_bad_input_suite(ray_cluster: None, corpus: Path, tmp_path: Path) -> None:
+    from tests.helpers.tiny_models import build_tiny_models
+
+    asr = build_tiny_models(tmp_path / "models")["s2t"]  # a tiny Speech2Text for clips without text
+    good = next(corpus.rglob("*.mp4")).read_bytes()
+    (tmp_path / "clips").mkdir()
+    manifest = _bad_corpus(tmp_path / "clips", good)
+    out = str(tmp_path / "features")
+    # an S3 endpoint nobody listens on: the read is retried, then recorded
+    cfg = _cfg("corpus.max_clip_seconds=2", "extract.s3_read_retries=1", "storage.s3_endpoint=http://127.0.0.1:9",
+               "storage.access_key_id=x", "storage.secret_access_key=y", f"extract.backbones.asr=hf:{asr}")
+    s = run_extract(str(tmp_path / "clips"), "meld", out, cfg, shard_rows=5, progress=None, manifest=manifest)
+    every = {r["clip_id"] for r in manifest.rows} | {"unknown_label"}
+    feats = read_table(storage.join(out, "features")).to_pylist()
+    errs = read_table(storage.join(out, "errors")).to_pylist()
+    f_ids, e_ids = {f["clip_id"] for f in feats}, {e["clip_id"] for e in errs}
+    assert s.accounted and f_ids | e_ids == every and not f_ids & e_ids
+    assert len(feats) + len(errs) == len(every)  # no duplicates either
+    outcome = {f["clip_id"]: ("features", ",".join(f["gaps"])) for f in feats}
+    outcome |= {e["clip_id"]: (e["stage"], e["error"]) for e in errs}
+    for cid in sorted(outcome):  # the table for the report (pytest -s)
+        print(f"{cid:18s} {outcome[cid][0]:14s} {outcome[cid][1][:90]}")
+    by_id = {f["clip_id"]: f for f in feats}
+
+    assert outcome["zero_byte"][0].startswith("decode") and "empty_file" in outcome["zero_byte"][1]
+    assert outcome["not_a_video"][0].startswith("decode") and "not_a_video" in outcome["not_a_video"][1]
+    assert outcome["no_video"][0].startswith("decode") and "no_video_stream" in outcome["no_video"][1]
+    assert outcome["missing"][0] == "read" and outcome["missing"][1].startswith("FileNotFoundError")
+    assert outcome["s3_unreachable"][0] == "read" and "StorageError" in outcome["s3_unreachable"][1]
+    assert "after 2 tries" in outcome["s3_unreachable"][1]
+    assert outcome["unknown_label"][0] == "manifest"
+    assert outcome["truncated"][0] != "features" or by_id["truncated"]["n_frames"] >= 1
+    assert by_id["no_audio"]["gaps"] == ["audio"] and not any(by_id["no_audio"]["audio"])
+    assert by_id["no_face"]["n_faces"] == 0 and by_id["no_face"]["gaps"] == []
+    assert by_id["no_face"]["transcript_source"] == "asr" and any(by_id["no_face"]["text"])
+    assert by_id["no_audio_no_text"]["gaps"] == ["audio", "text"]
+    assert by_id["no_audio_no_text"]["transcript_source"] == "none" and not any(by_id["no_audio_no_text"]["text"])
+    assert by_id["good"]["transcript_source"] == "manifest"
+    assert by_id["one_frame"]["n_frames"] == 1 and by_id["one_frame"]["n_windows"] == 1
+    assert by_id["long"]["truncated_to_s"] == pytest.approx(2.0) and by_id["long"]["n_frames"] == 2
+    # 3 s at 7 fps and 2.002 s at 29.97 fps, both cut to the 2 s cap: 2 face frames, 32 window frames
+    assert by_id["odd_fps"]["n_frames"] == 2 and by_id["odd_fps"]["n_windows"] == 2
+    assert by_id["ntsc_fps"]["n_frames"] == 2 and by_id["ntsc_fps"]["n_windows"] == 2
+    assert by_id["non_ascii_é_測試"]["gaps"] == [] and any(by_id["non_ascii_é_測試"]["text"])
+    for f in feats:
+        for m in ("video", "audio", "text"):
+            assert np.isfinite(f[m]).all()
+    # the summary groups errors by stage and reason
+    assert any(k.startswith("read / FileNotFoundError") for k in s.errors_by_reason)
+    assert sum(s.errors_by_reason.values()) == len(errs)
+
+
+def test_missing_corpus_layout_is_an_error_not_a_partial_run(tmp_path: Path) -> None:
+    from conclugen.data.corpora import CorpusLayoutError
+
+    with pytest.raises(CorpusLayoutError):
+        run_extract(str(tmp_path / "nothing"), "meld", str(tmp_path / "out"), _cfg(), progress=None)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_cli_extract(ray_cluster: None, corpus: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from conclugen.cli import app
+
+    out = tmp_path / "cli-features"
+    args = ["extract", str(corpus), "--corpus", "meld", "--out", str(out), "--set", "extract.decode_tasks=2",
+            "--set", "extract.backbones.image=offline:seeded-image", "--set", "extract.backbone_stages=separate"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "all accounted for" in res.output and f"features written      {N_CLIPS}" in res.output
+    assert read_meta(str(out)).backbones["image"].trained is False
+    bad = CliRunner().invoke(app, ["extract", str(tmp_path / "none"), "--corpus", "meld", "--out", str(out)])
+    assert bad.exit_code == 1 and "error:" in bad.output

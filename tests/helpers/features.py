@@ -1,0 +1,92 @@
+"""Tiny feature stores that follow conclugen/features/store.py, for training/probe tests.
+
+Rows are random but structured: each label has one centre per modality and a clip's vector is
+its label's centre plus noise (non-negative, like post-ReLU backbone features), so the modalities
+agree about which clips belong together and training has a signal to find.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from conclugen.config import StorageConfig
+from conclugen.features import store as F
+
+DEFAULT_DIMS = {"video": 24, "audio": 12, "text": 16}
+LABELS = ("anger", "joy", "sadness", "neutral")
+
+
+def make_arrays(
+    n: int,
+    dims: Mapping[str, int] = DEFAULT_DIMS,
+    labels: Sequence[str] = LABELS,
+    noise: float = 0.3,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """{"label": int [n], <modality>: float32 [n, dim]} drawn around per-label centres."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, len(labels), size=n)
+    out: dict[str, np.ndarray] = {"label": y}
+    for m, d in dims.items():
+        centres = rng.normal(0.0, 1.0, size=(len(labels), d))
+        x = centres[y] + noise * rng.normal(size=(n, d))
+        out[m] = np.maximum(x, 0.0).astype(np.float32)
+    return out
+
+
+def write_feature_store(
+    root: str,
+    splits: Mapping[str, int] | None = None,
+    dims: Mapping[str, int] = DEFAULT_DIMS,
+    labels: Sequence[str] = LABELS,
+    shards: int = 2,
+    seed: int = 0,
+    cfg: StorageConfig | None = None,
+    noise: float = 0.3,
+) -> F.FeatureMeta:
+    """Write features/*.parquet (``shards`` files) and meta.json under ``root``; returns the meta.
+
+    ``splits`` maps split name → row count (default: 96 train, 32 val, 16 test).
+    """
+    splits = dict(splits or {"train": 96, "val": 32, "test": 16})
+    n = sum(splits.values())
+    arr = make_arrays(n, dims, labels, noise=noise, seed=seed)
+    split_col = [s for s, k in splits.items() for _ in range(k)]
+    order = np.random.default_rng(seed + 1).permutation(n)  # splits interleaved across shards
+    cols: dict[str, list] = {
+        "clip_id": [f"clip{i:05d}" for i in range(n)],
+        "split": [split_col[i] for i in order],
+        "labels": [[labels[int(arr["label"][i])]] for i in range(n)],
+        "corpus": ["tiny"] * n,
+        "n_frames": [4] * n,
+        "n_faces": [4] * n,
+        "n_windows": [1] * n,
+        "audio_seconds": [2.0] * n,
+        "gaps": [[] for _ in range(n)],
+    }
+    for m in dims:
+        cols[m] = list(arr[m])
+    schema = {m: pa.list_(pa.float32()) for m in dims}
+    table = pa.table(
+        {
+            k: (pa.array(v, type=schema[k]) if k in schema else pa.array(v, type=pa.list_(pa.string())) if k in ("labels", "gaps") else pa.array(v))
+            for k, v in cols.items()
+        }
+    )
+    per = -(-n // shards)
+    for s in range(shards):
+        part = table.slice(s * per, per)
+        if part.num_rows:
+            F.write_table(F.features_uri(root), part, f"part-{s:05d}.parquet", cfg)
+    meta = F.FeatureMeta(
+        corpus="tiny",
+        dims=dict(dims),
+        label_space=list(labels),
+        multilabel=False,
+        backbones={m: F.BackboneInfo(name=f"test:{m}", dim=d, trained=False) for m, d in dims.items()},
+    )
+    F.write_meta(root, meta, cfg)
+    return meta

@@ -1,0 +1,329 @@
+"""Pretraining: LR schedule, feature checks, checkpoints, NaN guard (in-process), and end-to-end
+Ray Train runs (2 CPU workers): MLflow server read-back, resume, a killed worker, RUN_URI on S3."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from conclugen import storage
+from conclugen.config import load_config
+from conclugen.features import store as F
+from conclugen.features.store import FeatureStoreError
+from conclugen.training.pretrain import (
+    NonFiniteLossError,
+    PretrainError,
+    Stepper,
+    check_features,
+    cluster_stats,
+    run_pretrain,
+)
+from conclugen.training.run_folder import (
+    CHECKPOINT_FILE,
+    best_checkpoint,
+    find_checkpoints,
+    load_checkpoint,
+    save_checkpoint_dir,
+)
+from conclugen.training.schedule import lr_at, lr_for, make_scheduler
+from tests.helpers.configs import TINY
+from tests.helpers.features import write_feature_store
+
+
+def tiny_cfg(tmp_path: Path, *extra: str):
+    return load_config(None, [*TINY, f"workdir={tmp_path / 'work'}", *extra])
+
+
+# ----------------------------------------------------------------------------- LR schedule
+
+
+def _expected_lr(e: int, base=2e-5, warm=5, start=0.1, t0=20, eta=1e-6, decay=0.75) -> float:
+    """METHOD.md written out independently: LinearLR warm-up, then SGDR with T_mult=2 in closed
+    form (cycle i starts at t0·(2^i − 1)), peak decayed by ``decay`` per restart."""
+    if e < warm:
+        return base * (start + (1 - start) * e / warm)
+    t = e - warm
+    i = int(np.floor(np.log2(t / t0 + 1)))
+    t_cur, t_i = t - t0 * (2**i - 1), t0 * 2**i
+    peak = base * decay**i
+    return eta + (peak - eta) * (1 + np.cos(np.pi * t_cur / t_i)) / 2
+
+
+def test_lr_schedule_values():
+    for e in range(0, 200):
+        assert lr_at(e, 2e-5) == pytest.approx(_expected_lr(e), rel=1e-9, abs=1e-15), e
+    # Landmarks: warm-up start, the peak, the floor before a restart, decayed peaks after.
+    assert lr_at(0, 2e-5) == pytest.approx(2e-6)
+    assert lr_at(5, 2e-5) == pytest.approx(2e-5)
+    assert lr_at(24, 2e-5) < 1.2e-6
+    assert lr_at(25, 2e-5) == pytest.approx(2e-5 * 0.75)
+    assert lr_at(65, 2e-5) == pytest.approx(2e-5 * 0.75**2)
+    assert lr_at(145, 2e-5) == pytest.approx(2e-5 * 0.75**3)
+
+
+def test_scheduler_drives_optimizer_and_resumes(tmp_path):
+    cfg = tiny_cfg(tmp_path, "train.lr=2e-5", "train.warmup_epochs=5")
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=cfg.train.lr)
+    sched = make_scheduler(opt, cfg.train)
+    seen = []
+    for _ in range(30):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([_expected_lr(e) for e in range(30)], rel=1e-9)
+    # A fresh optimizer + scheduler restored from state continue at the same epoch.
+    opt2 = torch.optim.AdamW([p], lr=cfg.train.lr)
+    sched2 = make_scheduler(opt2, cfg.train)
+    sched2.load_state_dict(sched.state_dict())
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.param_groups[0]["lr"] == pytest.approx(_expected_lr(30))
+    assert lr_for(30, cfg.train) == pytest.approx(_expected_lr(30))
+
+
+# ----------------------------------------------------------------------------- checks (no Ray)
+
+
+def test_feature_checks_before_any_work(tmp_path):
+    root = str(tmp_path / "feats")
+    write_feature_store(root, splits={"train": 40, "test": 8}, dims={"video": 8, "audio": 6})
+    cfg = tiny_cfg(tmp_path)  # wants video, audio, text
+    with pytest.raises(FeatureStoreError, match="no text vectors"):
+        check_features(root, cfg)
+    ok = tiny_cfg(tmp_path, "model.modalities=[video, audio]")
+    meta, counts = check_features(root, ok)
+    assert counts == {"train": 40, "test": 8} and meta.dims == {"video": 8, "audio": 6}
+    with pytest.raises(PretrainError, match="fewer than one global batch"):
+        check_features(root, tiny_cfg(tmp_path, "model.modalities=[video, audio]", "train.batch_size=64"))
+    with pytest.raises(FeatureStoreError, match="meta.json missing"):
+        check_features(str(tmp_path / "nothing"), ok)
+    only_test = str(tmp_path / "only_test")
+    write_feature_store(only_test, splits={"test": 40}, dims={"video": 8, "audio": 6})
+    with pytest.raises(PretrainError, match="no rows in splits train/unlabeled"):
+        check_features(only_test, ok)
+    tiny_val = str(tmp_path / "tiny_val")
+    write_feature_store(tiny_val, splits={"train": 40, "val": 3}, dims={"video": 8, "audio": 6})
+    with pytest.raises(PretrainError, match="val split has 3 rows"):
+        check_features(tiny_val, tiny_cfg(tmp_path, "model.modalities=[video, audio]", "train.workers=2"))
+
+
+def test_checkpoint_roundtrip_and_best(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    dims = {"video": 24, "audio": 12, "text": 16}
+    run = tmp_path / "run"
+    states = []
+    for epoch, score in enumerate([3.0, 1.0, 2.0]):
+        torch.manual_seed(epoch)
+        model = Stepper(cfg, dims).model
+        states.append(model.state_dict())
+        save_checkpoint_dir(run / f"checkpoint_{epoch}", {
+            "model": model.state_dict(), "epoch": epoch, "input_dims": dims,
+            "config": cfg.public_dict(), "meta": {"corpus": "tiny"}, "metrics": {"loss": score},
+        }, {"epoch": epoch, "score": score})
+    assert [c["epoch"] for c in find_checkpoints(str(run))] == [0, 1, 2]
+    assert best_checkpoint(str(run)).endswith("checkpoint_1")
+    model, info = load_checkpoint(str(run))  # a RUN_URI → its best checkpoint
+    assert info["epoch"] == 1 and info["input_dims"] == dims and info["meta"] == {"corpus": "tiny"}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, states[1][k]), k
+    model2, info2 = load_checkpoint(str(run / "checkpoint_2" / CHECKPOINT_FILE))
+    assert info2["epoch"] == 2 and not model2.training
+
+
+def test_cluster_stats():
+    s = cluster_stats(torch.tensor([5.0, 5.0, 0.0, 0.0], dtype=torch.float64))
+    assert s["cluster_occupancy"] == 0.5
+    assert s["cluster_entropy"] == pytest.approx(math.log(2) / math.log(4))
+    assert cluster_stats(torch.zeros(4, dtype=torch.float64)) == {}
+
+
+# ----------------------------------------------------------------------------- Ray runs
+
+
+@pytest.mark.ray
+def test_nan_guard_names_epoch_step_and_loss(ray_cluster, tmp_path, monkeypatch):
+    """In-process (workers=0): a NaN in the features makes the loss NaN at epoch 0, step 0."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = str(tmp_path / "feats")
+    write_feature_store(root, splits={"train": 64})
+    table = F.read_table(F.features_uri(root))
+    video = np.asarray(table.column("video").to_pylist(), dtype=np.float32)
+    video[:, 0] = np.nan
+    table = table.set_column(table.schema.get_field_index("video"), "video",
+                             pa.array(list(video), type=pa.list_(pa.float32())))
+    for f in storage.list_files(F.features_uri(root)):
+        os.unlink(f)
+    F.write_table(F.features_uri(root), table, "part-0.parquet")
+    cfg = tiny_cfg(tmp_path, "train.workers=0", "train.epochs=2")
+    with pytest.raises(NonFiniteLossError, match=r"epoch 0, step 0: .*nan"):
+        run_pretrain(root, str(tmp_path / "run"), cfg)
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(cfg.tracking_uri())
+    runs = c.search_runs([c.get_experiment_by_name("conclugen").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def _pid_log(pid_dir: Path, rank: int) -> list[dict]:
+    f = pid_dir / f"rank{rank}.jsonl"
+    if not f.exists():
+        return []
+    out = []
+    for line in f.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line being written
+            pass
+    return out
+
+
+def _checkpoints_registered(run_uri: str) -> int:
+    """Checkpoints Ray Train's controller has registered (its snapshot on storage)."""
+    uri = storage.join(run_uri, "checkpoint_manager_snapshot.json")
+    try:
+        snap = json.loads(storage.read_text(uri))
+    except (FileNotFoundError, OSError, ValueError):
+        return 0
+    return len(snap.get("checkpoint_results", []))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_two_workers_mlflow_server_and_resume(ray_cluster, mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    root = str(tmp_path / "feats")
+    write_feature_store(root)
+    run_uri = str(tmp_path / "run")
+    cfg = tiny_cfg(tmp_path, "train.workers=2", "train.epochs=2", "train.keep_checkpoints=2",
+                   f"tracking.uri={mlflow_server.uri}", "tracking.experiment=test-train")
+    r1 = run_pretrain(root, run_uri, cfg)
+    assert r1.epochs_done == 2 and not r1.stopped_early
+    ckpts = find_checkpoints(run_uri)
+    assert [c["epoch"] for c in ckpts] == [0, 1]
+    assert r1.last_checkpoint == ckpts[-1]["uri"]
+    assert math.isfinite(r1.metrics["val_loss"]) and r1.metrics["samples_per_s"] > 0
+
+    c = MlflowClient(mlflow_server.uri)
+    run = c.get_run(r1.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.d"] == "32" and run.data.params["train.workers"] == "2"
+    for name in ("loss", "val_loss", "contrastive", "clustering", "reconstruction", "lr",
+                 "cluster_occupancy", "cluster_entropy", "samples_per_s"):
+        assert [m.step for m in c.get_metric_history(r1.mlflow_run_id, name)] == [0, 1], name
+    lrs = [m.value for m in c.get_metric_history(r1.mlflow_run_id, "lr")]
+    assert lrs == pytest.approx([1e-4, 1e-3])  # warm-up start factor 0.1, then the peak
+    arts = {a.path for a in c.list_artifacts(r1.mlflow_run_id)}
+    assert {"config.yaml", "feature_meta.json"} <= arts
+    # MLflow 3 keeps logged models beside the run; runs:/<id>/model resolves to it.
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    pyfunc = mlflow.pyfunc.load_model(r1.model_uri)
+    x = {m: np.random.default_rng(0).random((4, d), dtype=np.float32)
+         for m, d in {"video": 24, "audio": 12, "text": 16}.items()}
+    best_model, _ = load_checkpoint(r1.best_checkpoint)
+    with torch.no_grad():
+        ref = best_model.represent({m: torch.from_numpy(v) for m, v in x.items()})
+    out = pyfunc.predict(x)
+    for m in x:
+        np.testing.assert_allclose(out[m], ref[m].numpy(), rtol=1e-5, atol=1e-6)
+
+    # Same command, same RUN_URI, more epochs: continues at epoch 2 in the same MLflow run.
+    cfg3 = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 3})})
+    r2 = run_pretrain(root, run_uri, cfg3)
+    assert r2.epochs_done == 3 and r2.mlflow_run_id == r1.mlflow_run_id
+    assert [m.step for m in c.get_metric_history(r1.mlflow_run_id, "loss")] == [0, 1, 2]
+    epochs = [c_["epoch"] for c_ in find_checkpoints(run_uri)]
+    assert epochs[-1] == 2 and len(epochs) <= 3  # num_to_keep=2 best + the latest
+    _, info = load_checkpoint(r2.last_checkpoint)
+    assert info["epoch"] == 2
+    # The LR schedule continued too (restored scheduler state, not restarted warm-up).
+    lrs = [m.value for m in c.get_metric_history(r1.mlflow_run_id, "lr")]
+    assert lrs == pytest.approx([lr_for(e, cfg3.train) for e in range(3)])
+    # A different model shape under the same RUN_URI is refused before any work.
+    bad = cfg3.model_copy(update={"model": cfg3.model.model_copy(update={"d": 64})})
+    with pytest.raises(PretrainError, match="different model"):
+        run_pretrain(root, run_uri, bad)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.s3
+def test_worker_killed_mid_run_on_s3_finishes_every_epoch(ray_cluster, s3_server, tmp_path, monkeypatch):
+    """RUN_URI and features on SeaweedFS; rank 1's process is SIGKILLed at the start of epoch 1;
+    Ray Train restarts the worker group from the last checkpoint and the run ends at epoch 3."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    bucket = s3_server.bucket_uri("train-test")
+    feats = f"{bucket}/feats"
+    write_feature_store(feats)
+    run_uri = f"{bucket}/runs/killed"
+    pid_dir = tmp_path / "pids"
+    cfg = tiny_cfg(tmp_path, "train.workers=2", "train.epochs=3", "train.max_failures=2")
+    killed: dict = {}
+
+    def killer() -> None:
+        # Kill rank 1 after the first step of epoch 1, once the epoch-0 checkpoint is registered
+        # (so the restart must resume from it rather than from scratch).
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and not killed:
+            recs = _pid_log(pid_dir, 1)
+            if recs and recs[-1]["epoch"] >= 1 and _checkpoints_registered(run_uri) >= 1:
+                os.kill(recs[-1]["pid"], signal.SIGKILL)
+                killed.update(recs[-1], t=time.monotonic())
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    t0 = time.monotonic()
+    # stream=True: batches come from Ray Data every epoch (the path for stores too big to cache),
+    # so the restarted worker group must also re-attach to the dataset shards.
+    r = run_pretrain(feats, run_uri, cfg, pid_dir=str(pid_dir), stream=True)
+    wall = time.monotonic() - t0
+    t.join(timeout=1)
+    print(f"\nkill-and-recover run: {wall:.1f} s wall, killed pid {killed.get('pid')} at epoch "
+          f"{killed.get('epoch')}, {wall - (killed.get('t', t0) - t0):.1f} s from kill to end")
+    assert killed, "the killer never saw rank 1 reach epoch 1"
+    assert r.epochs_done == 3
+    after = [rec for rec in _pid_log(pid_dir, 1) if rec["pid"] != killed["pid"]]
+    assert after, "no new rank-1 process after the kill"
+    # The restarted worker resumed from a checkpoint (not epoch 0) and did the remaining epochs.
+    assert after[0]["start_epoch"] >= 1 and after[0]["epoch"] == after[0]["start_epoch"]
+    assert [rec["epoch"] for rec in after][-1] == 2
+    ckpts = find_checkpoints(run_uri)
+    assert ckpts and ckpts[-1]["epoch"] == 2 and all(c["uri"].startswith("s3://") for c in ckpts)
+    model, info = load_checkpoint(r.best_checkpoint)
+    assert info["input_dims"] == {"video": 24, "audio": 12, "text": 16}
+    with torch.no_grad():
+        reps = model.represent({m: torch.rand(3, d) for m, d in info["input_dims"].items()})
+    assert all(v.shape == (3, 32) for v in reps.values())
+
+
+def test_cli_pretrain_fails_fast_on_bad_features(tmp_path):
+    """The CLI checks the features before Ray starts: a clear message and exit code 1."""
+    from typer.testing import CliRunner
+
+    from conclugen.cli import app
+
+    root = str(tmp_path / "feats")
+    write_feature_store(root, splits={"train": 40}, dims={"video": 8, "audio": 6})
+    runner = CliRunner()
+    res = runner.invoke(app, ["pretrain", root, "--out", str(tmp_path / "run"), "--set", "model.d=32"])
+    assert res.exit_code == 1 and "no text vectors" in res.output
+    res = runner.invoke(app, ["pretrain", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1 and "conclugen extract" in res.output
+    res = runner.invoke(app, ["pretrain", root, "--out", str(tmp_path / "run"), "--set",
+                              "model.modalities=[video, audio]", "--set", "train.batch_size=64"])
+    assert res.exit_code == 1 and "fewer than one global batch" in res.output
+    assert not (tmp_path / "run").exists()
