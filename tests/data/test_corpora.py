@@ -340,6 +340,36 @@ def test_mosei_folds_file_from_config_and_missing(tmp_path: Path) -> None:
     }
 
 
+def test_mosei_negative_start_is_clamped_and_recorded(tmp_path: Path) -> None:
+    make_mosei(tmp_path, "csv")
+    with open(tmp_path / "mosei_labels.csv", "a") as f:
+        f.write("\nvidB,1,-0.4875,1.0,0.0,0.5,0.0,0.0,0.0,0.0,0.0")  # as in the released labels
+    m = load_manifest("mosei", str(tmp_path), CFG)
+    r = by_id(m)["mosei/vidB[1]"]
+    assert (r["start_s"], r["end_s"]) == (0.0, 1.0) and r["clamped_from"] == [-0.4875, 1.0]
+    assert r["labels"] == ["happiness"] and r["split"] == "val"
+    assert all(x["clamped_from"] is None for cid, x in by_id(m).items() if cid != "mosei/vidB[1]")
+    assert any("1 segments start before their video" in n for n in m.notes)
+    t = m.table()
+    assert t.schema.equals(MANIFEST_SCHEMA) and t.column("clamped_from").to_pylist().count(None) == 3
+    d = decode_clip(storage.read_bytes(r["video_uri"]), DECODE, start_s=r["start_s"], end_s=r["end_s"])
+    assert d.duration_s == pytest.approx(1.0)
+
+
+def test_mosei_interval_empty_after_clamping_is_a_problem(tmp_path: Path) -> None:
+    make_mosei(tmp_path, "csv")
+    with open(tmp_path / "mosei_labels.csv", "a") as f:
+        f.write("\nvidB,1,-1.0,-0.2,0.0,0.5,0.0,0.0,0.0,0.0,0.0")
+        f.write("\nvidB,2,-0.5,0.0,0.0,0.5,0.0,0.0,0.0,0.0,0.0")  # ends where the video starts
+    m = load_manifest("mosei", str(tmp_path), CFG)
+    probs = problem_ids(m)
+    for seg in ("vidB[1]", "vidB[2]"):
+        assert f"mosei/{seg}" not in by_id(m)
+        assert probs[f"mosei/{seg}"].startswith(f"BadSegmentError: segment {seg}: "), probs[f"mosei/{seg}"]
+        assert "empty after clamping" in probs[f"mosei/{seg}"]
+    assert not any("start before their video" in n for n in m.notes)
+
+
 # ----------------------------------------------------------------------------------- folder
 
 

@@ -6,8 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from conclugen.data import synthetic as S
 from conclugen.data.faces import FaceDetector, crop_face
+from conclugen.data.synthetic import EMOTIONS, synthesize
+from conclugen.data.synthetic.face import draw_background
+from conclugen.data.synthetic.plan import FPS, SAMPLE_RATE, make_speakers
+from conclugen.data.synthetic.render import render_frames
+from conclugen.devtools.synthetic_tools import face_detection_rate
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +23,12 @@ def _synthetic_frames(n_speakers: int = 28, per: int = 3, seed: int = 11) -> lis
     """Rendered (not encoded) frames: varied identities, all seven expressions, head motion."""
     rng = np.random.default_rng(seed)
     frames = []
-    for j, spk in enumerate(S._make_speakers(rng, n_speakers)):
+    for j, spk in enumerate(make_speakers(rng, n_speakers)):
         plan = dict(
-            speaker=spk, face_emotion=S.EMOTIONS[j % 7], face_intensity=float(rng.uniform(0.5, 1.0)), index=j
+            speaker=spk, face_emotion=EMOTIONS[j % 7], face_intensity=float(rng.uniform(0.5, 1.0)), index=j
         )
         n = per * 10
-        frames += S._frames(plan, n, np.zeros(n * S.SAMPLE_RATE // S.FPS, np.float32), rng)[::10]
+        frames += render_frames(plan, n, np.zeros(n * SAMPLE_RATE // FPS, np.float32), rng)[::10]
     return frames
 
 
@@ -43,8 +47,8 @@ def test_detects_most_synthetic_faces(detector: FaceDetector) -> None:
 
 def test_detects_faces_in_encoded_clips(tmp_path, detector: FaceDetector) -> None:
     """After H.264 coding, at the 1 fps-ish sampling extraction uses."""
-    S.synthesize(str(tmp_path), clips=7, seed=2, workers=1)
-    hit, total = S.face_detection_rate(str(tmp_path), max_clips=7, every=10, detector=detector)
+    synthesize(str(tmp_path), clips=7, seed=2, workers=1)
+    hit, total = face_detection_rate(str(tmp_path), max_clips=7, every=10, detector=detector)
     assert total >= 7 * 5
     assert hit / total > 0.75, f"{hit}/{total}"
 
@@ -55,7 +59,7 @@ def test_no_faces_in_blank_or_background_frames(detector: FaceDetector) -> None:
     rng = np.random.default_rng(0)
     assert detector.detect(rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)) == []
     # Cluttered backgrounds without a face: (almost) never a face.
-    false = sum(bool(detector.detect(S.draw_background(np.random.default_rng(i)))) for i in range(40))
+    false = sum(bool(detector.detect(draw_background(np.random.default_rng(i)))) for i in range(40))
     assert false <= 2
 
 

@@ -9,8 +9,11 @@ A root whose layout is wrong as a whole (no CSV, bad header, no folds file) rais
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
+from conclugen.config import Config
+from conclugen.data.corpora.caer import load_caer
+from conclugen.data.corpora.folder import load_folder
 from conclugen.data.corpora.manifest import (
     CAER_EMOTIONS,
     MANIFEST_SCHEMA,
@@ -20,36 +23,30 @@ from conclugen.data.corpora.manifest import (
     UnknownLabelError,
     drop_duplicates,
 )
+from conclugen.data.corpora.meld import load_meld
+from conclugen.data.corpora.mosei import load_mosei
 
-if TYPE_CHECKING:
-    from conclugen.config import Config
-
-CORPORA = ("meld", "caer", "mosei", "folder")
+LOADERS: dict[str, Callable[[str, Config], Manifest]] = {
+    "meld": load_meld,
+    "caer": load_caer,
+    "mosei": load_mosei,
+    "folder": load_folder,
+}
+CORPORA = tuple(LOADERS)
 
 
 def load_manifest(name: str, root: str, cfg: Config | None = None) -> Manifest:
     """Read the corpus ``name`` under ``root`` into a manifest (see the module docstring)."""
-    if cfg is None:
-        from conclugen.config import Config
-
-        cfg = Config()
-    key = name.strip().lower()
-    if key == "meld":
-        from conclugen.data.corpora.meld import load_meld as loader
-    elif key == "caer":
-        from conclugen.data.corpora.caer import load_caer as loader
-    elif key == "mosei":
-        from conclugen.data.corpora.mosei import load_mosei as loader
-    elif key == "folder":
-        from conclugen.data.corpora.folder import load_folder as loader
-    else:
+    loader = LOADERS.get(name.strip().lower())
+    if loader is None:
         raise ValueError(f"unknown corpus {name!r}; expected one of {', '.join(CORPORA)}")
-    return drop_duplicates(loader(str(root), cfg))
+    return drop_duplicates(loader(str(root), cfg if cfg is not None else Config()))
 
 
 __all__ = [
     "CAER_EMOTIONS",
     "CORPORA",
+    "LOADERS",
     "MANIFEST_SCHEMA",
     "CorpusLayoutError",
     "Manifest",

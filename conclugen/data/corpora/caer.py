@@ -40,6 +40,7 @@ CAER_SPLITS = {
 
 
 def load_caer(root: str, cfg: Config) -> Manifest:
+    """CAER under ``root`` → manifest (see the module docstring)."""
     files = [f for f in storage.list_files(root, cfg.storage) if is_video(f)]
     rows, problems, notes = [], [], []
     for uri in files:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 
 def load_folder(root: str, cfg: Config) -> Manifest:
+    """Every video file under ``root`` → an unlabeled manifest row."""
     files = storage.list_files(root, cfg.storage)
     videos = [f for f in files if is_video(f)]
     if not files:

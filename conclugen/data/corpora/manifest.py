@@ -32,9 +32,11 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("labels", pa.list_(pa.string())),  # canonical names; empty for unlabeled
         pa.field("intensities", pa.list_(pa.float32())),  # MOSEI (label_space order), else null
         pa.field("corpus", pa.string(), nullable=False),
+        # null: the interval as labelled; else the labelled [start, end] before clamping (MOSEI's
+        # negative starts, see conclugen.data.corpora.mosei)
+        pa.field("clamped_from", pa.list_(pa.float64())),
     ]
 )
-MANIFEST_FIELDS = tuple(MANIFEST_SCHEMA.names)
 SPLITS = ("train", "val", "test", "unlabeled")
 
 # CAER's seven classes under the same names as MELD's (reference folder names: Anger, Disgust,
@@ -87,17 +89,6 @@ class Manifest:
     def table(self) -> pa.Table:
         return pa.Table.from_pylist(self.rows, schema=MANIFEST_SCHEMA)
 
-    def problems_table(self) -> pa.Table:
-        schema = pa.schema(
-            [
-                ("clip_id", pa.string()),
-                ("video_uri", pa.string()),
-                ("stage", pa.string()),
-                ("error", pa.string()),
-            ]
-        )
-        return pa.Table.from_pylist(self.problems, schema=schema)
-
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -112,7 +103,9 @@ def row(
     start_s: float | None = None,
     end_s: float | None = None,
     intensities: list[float] | None = None,
+    clamped_from: list[float] | None = None,
 ) -> dict[str, Any]:
+    """One manifest row (MANIFEST_SCHEMA fields); an empty transcript becomes null (ASR fills it)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if transcript is not None and not transcript.strip():
@@ -127,10 +120,12 @@ def row(
         "labels": list(labels or []),
         "intensities": None if intensities is None else [float(v) for v in intensities],
         "corpus": corpus,
+        "clamped_from": None if clamped_from is None else [float(v) for v in clamped_from],
     }
 
 
 def problem(clip_id: str, video_uri: str, exc: BaseException) -> dict[str, Any]:
+    """A row that cannot be processed, as extraction writes it to the errors table."""
     return {
         "clip_id": clip_id,
         "video_uri": video_uri,
@@ -176,6 +171,7 @@ def canonical_emotion(name: str, space: tuple[str, ...] | list[str]) -> str:
 
 
 def stem(uri: str) -> str:
+    """The file name without its extension."""
     return posixpath.splitext(posixpath.basename(uri.replace("\\", "/")))[0]
 
 
@@ -198,6 +194,7 @@ def relative(root: str, uri: str) -> str:
 
 
 def is_video(uri: str) -> bool:
+    """Whether ``uri`` names a video file (by extension)."""
     base = posixpath.basename(uri)
     # macOS resource forks ("._x.mp4") sit beside real clips in some archives: not videos.
     return uri.lower().endswith(VIDEO_SUFFIXES) and not base.startswith("._")

@@ -73,6 +73,7 @@ def parse_meld_time(text: str) -> float:
 
 
 def read_meld_csv(data: bytes, name: str = "csv") -> list[dict[str, str]]:
+    """The records of one MELD CSV; raises CorpusLayoutError when its header lacks a column."""
     text = decode_text(data)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
@@ -86,6 +87,7 @@ def read_meld_csv(data: bytes, name: str = "csv") -> list[dict[str, str]]:
 
 
 def load_meld(root: str, cfg: Config) -> Manifest:
+    """MELD.Raw under ``root`` → manifest (see the module docstring)."""
     scfg = cfg.storage
     files = storage.list_files(root, scfg)
     by_rel = {relative(root, f): f for f in files}

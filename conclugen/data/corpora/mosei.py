@@ -19,7 +19,16 @@ interval (both ends within 50 ms, else the best overlap above 50% IoU, else — 
 segment number); unmatched segments get a null transcript (ASR). Labels are multi-label: an
 emotion is present when its intensity is > 0; ``intensities`` holds the six values in the label
 space's order (happiness, sadness, anger, fear, disgust, surprise). Problems: the video file is
-missing, the video is in no fold, the interval is empty, an intensity is not finite.
+missing, the video is in no fold, the interval is empty (after clamping), an intensity is not
+finite.
+
+**Clamping.** The released labels hold segments that start before the video (e.g. −0.4875 s).
+Their start is clamped to 0 and the row's ``clamped_from`` keeps the labelled ``[start, end]``
+(null for rows used as labelled); ``Manifest.notes`` counts them. Ends are not clamped here: the
+loader does not open the videos, so their durations are unknown at manifest time; an end past
+the video's end is cut at decode time instead (:func:`conclugen.data.media.decode_clip` ends a
+segment at the last frame). A segment whose end is at or before 0 is empty after clamping and
+stays a :class:`BadSegmentError` problem.
 """
 
 from __future__ import annotations
@@ -48,7 +57,9 @@ from conclugen.data.corpora.manifest import (
 from conclugen.errors import ConCluGenError
 
 if TYPE_CHECKING:
-    from conclugen.config import Config
+    from conclugen.config import Config, StorageConfig
+
+Transcript = tuple[str, str, float, float, str]  # video_id, segment, start, end, text
 
 # Column order of the SDK's labels (after sentiment) → canonical name.
 SDK_EMOTION_ORDER = ("happiness", "sadness", "anger", "surprise", "disgust", "fear")
@@ -100,6 +111,7 @@ def _segment(video_id: str, seg: str, start: float, end: float, values: list[flo
 
 
 def read_labels_csd(data: bytes) -> list[dict[str, Any]]:
+    """Segments of the SDK's labels computational sequence (HDF5 bytes), numbered by start time."""
     import h5py
     import numpy as np
 
@@ -124,6 +136,7 @@ def read_labels_csd(data: bytes) -> list[dict[str, Any]]:
 
 
 def read_labels_csv(data: bytes, name: str = "labels csv") -> list[dict[str, Any]]:
+    """Segments of a labels CSV with the LABEL_CSV_COLUMNS header."""
     reader = csv.DictReader(io.StringIO(decode_text(data), newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in LABEL_CSV_COLUMNS if c not in header]
@@ -139,7 +152,7 @@ def read_labels_csv(data: bytes, name: str = "labels csv") -> list[dict[str, Any
     return out
 
 
-def parse_transcript_lines(text: str) -> list[tuple[str, str, float, float, str]]:
+def parse_transcript_lines(text: str) -> list[Transcript]:
     """``video_id___segment___start___end___text`` lines → tuples; other lines are skipped."""
     out = []
     for line in text.splitlines():
@@ -156,6 +169,7 @@ def parse_transcript_lines(text: str) -> list[tuple[str, str, float, float, str]
 
 
 def read_folds(data: bytes) -> dict[str, str]:
+    """video id → split (train | val | test) from a folds JSON."""
     raw = json.loads(decode_text(data))
     if not isinstance(raw, dict):
         raise CorpusLayoutError("folds file must hold an object {train: [...], valid: [...], test: [...]}")
@@ -171,9 +185,7 @@ def read_folds(data: bytes) -> dict[str, str]:
     return out
 
 
-def _match_transcript(
-    seg: dict[str, Any], candidates: list[tuple[str, str, float, float, str]], by_number: bool
-) -> str | None:
+def _match_transcript(seg: dict[str, Any], candidates: list[Transcript], by_number: bool) -> str | None:
     s0, s1 = seg["start"], seg["end"]
     best, best_iou = None, 0.5
     for _, _num, t0, t1, text in candidates:
@@ -199,59 +211,31 @@ def _find(files: list[str], suffix: str, must: str | None) -> str | None:
 
 
 def load_mosei(root: str, cfg: Config) -> Manifest:
+    """CMU-MOSEI under ``root`` → manifest (see the module docstring)."""
     scfg = cfg.storage
     files = storage.list_files(root, scfg)
-    labels_uri = _find(files, ".csd", "label") or _find(files, ".csd", None)
-    if labels_uri is not None:
-        segments = read_labels_csd(storage.read_bytes(labels_uri, scfg))
-        by_number = False
-    else:
-        labels_uri = _find(files, ".csv", "label")
-        if labels_uri is None:
-            raise CorpusLayoutError(f"{root}: no labels (CMU_MOSEI_Labels.csd or a *label*.csv)")
-        segments = read_labels_csv(storage.read_bytes(labels_uri, scfg), labels_uri)
-        by_number = True
-
+    labels_uri, segments, by_number = _read_labels(root, files, scfg)
     folds_uri = cfg.corpus.folds_file or _find(files, ".json", "fold")
     if folds_uri is None:
         raise CorpusLayoutError(
             f"{root}: no folds file (set corpus.folds_file or put a *fold*.json in the root)"
         )
     folds = read_folds(storage.read_bytes(folds_uri, scfg))
-
-    transcripts: dict[str, list[tuple[str, str, float, float, str]]] = defaultdict(list)
-    txt = [f for f in files if f.lower().endswith(".txt")]
-    # One small file per video (3,837 in the release): read them concurrently, since from S3
-    # each is a round trip.
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        for data in pool.map(lambda f: storage.read_bytes(f, scfg), txt):
-            for line in parse_transcript_lines(decode_text(data)):
-                transcripts[line[0]].append(line)
-
+    transcripts = _read_transcripts(files, scfg)
     videos = {stem(f): f for f in files if is_video(f)}
     rows, problems = [], []
     for seg in segments:
         vid = seg["video_id"]
         clip_id = f"mosei/{vid}[{seg['segment']}]"
         uri = videos.get(vid, storage.join(root, f"{vid}.mp4"))
-        if vid not in videos:
-            problems.append(problem(clip_id, uri, MissingClipError(f"no video file for {vid} under {root}")))
-            continue
-        if vid not in folds:
-            problems.append(
-                problem(clip_id, uri, NotInFoldsError(f"video {vid} is in no fold of {folds_uri}"))
-            )
-            continue
-        if not (seg["end"] > seg["start"] >= 0) or not all(math.isfinite(v) for v in seg["intensities"]):
-            problems.append(
-                problem(
-                    clip_id,
-                    uri,
-                    BadSegmentError(
-                        f"interval [{seg['start']}, {seg['end']}] intensities {seg['intensities']}"
-                    ),
-                )
-            )
+        try:
+            if vid not in videos:
+                raise MissingClipError(f"no video file for {vid} under {root}")
+            if vid not in folds:
+                raise NotInFoldsError(f"video {vid} is in no fold of {folds_uri}")
+            start, end, clamped_from = clamp_interval(seg)
+        except (MissingClipError, NotInFoldsError, BadSegmentError) as e:
+            problems.append(problem(clip_id, uri, e))
             continue
         labels = [name for name, v in zip(MOSEI_EMOTIONS, seg["intensities"], strict=True) if v > 0]
         rows.append(
@@ -262,10 +246,54 @@ def load_mosei(root: str, cfg: Config) -> Manifest:
                 "mosei",
                 labels=labels,
                 transcript=_match_transcript(seg, transcripts.get(vid, []), by_number),
-                start_s=seg["start"],
-                end_s=seg["end"],
+                start_s=start,
+                end_s=end,
                 intensities=seg["intensities"],
+                clamped_from=clamped_from,
             )
         )
     notes = [f"labels from {labels_uri}", f"folds from {folds_uri}"]
+    n_clamped = sum(r["clamped_from"] is not None for r in rows)
+    if n_clamped:
+        notes.append(f"{n_clamped} segments start before their video: start clamped to 0 (see clamped_from)")
     return Manifest(rows, problems, list(MOSEI_EMOTIONS), multilabel=True, corpus="mosei", notes=notes)
+
+
+def clamp_interval(seg: dict[str, Any]) -> tuple[float, float, list[float] | None]:
+    """(start, end, clamped_from) of a labelled segment: a negative start becomes 0 and
+    ``clamped_from`` the labelled [start, end] (None when nothing changed). Raises
+    :class:`BadSegmentError`, naming the segment, for an interval that is empty after clamping
+    or an intensity or start that is not finite."""
+    start, end = seg["start"], seg["end"]
+    ok = math.isfinite(start) and all(math.isfinite(v) for v in seg["intensities"])
+    if not ok or not end > max(0.0, start):
+        empty = " (empty after clamping the start to 0)" if ok and start < 0 else ""
+        raise BadSegmentError(
+            f"segment {seg['video_id']}[{seg['segment']}]: interval [{start}, {end}]{empty} "
+            f"intensities {seg['intensities']}"
+        )
+    return max(0.0, start), end, ([start, end] if start < 0 else None)
+
+
+def _read_labels(root: str, files: list[str], scfg: StorageConfig) -> tuple[str, list[dict[str, Any]], bool]:
+    """(labels URI, segments, whether transcripts may match by segment number: the CSV form)."""
+    labels_uri = _find(files, ".csd", "label") or _find(files, ".csd", None)
+    if labels_uri is not None:
+        return labels_uri, read_labels_csd(storage.read_bytes(labels_uri, scfg)), False
+    labels_uri = _find(files, ".csv", "label")
+    if labels_uri is None:
+        raise CorpusLayoutError(f"{root}: no labels (CMU_MOSEI_Labels.csd or a *label*.csv)")
+    return labels_uri, read_labels_csv(storage.read_bytes(labels_uri, scfg), labels_uri), True
+
+
+def _read_transcripts(files: list[str], scfg: StorageConfig) -> dict[str, list[Transcript]]:
+    """Segmented transcript lines of every ``*.txt`` file, by video id."""
+    transcripts: dict[str, list[Transcript]] = defaultdict(list)
+    txt = [f for f in files if f.lower().endswith(".txt")]
+    # One small file per video (3,837 in the release): read them concurrently, since from S3
+    # each is a round trip.
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for data in pool.map(lambda f: storage.read_bytes(f, scfg), txt):
+            for line in parse_transcript_lines(decode_text(data)):
+                transcripts[line[0]].append(line)
+    return transcripts

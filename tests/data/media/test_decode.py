@@ -1,4 +1,4 @@
-"""Decoding counts, timestamp sampling, segments, the cap, audio, bad input and the log-mel.
+"""Decoding counts, timestamp sampling, segments, the cap, audio and bad input.
 
 Clips are encoded in the test with PyAV (tiny sizes). Frames are flat grey with a level per source
 frame index, so a decoded frame tells which source frame it came from.
@@ -6,16 +6,19 @@ frame index, so a decoded frame tells which source frame it came from.
 
 from __future__ import annotations
 
+import io
 import math
 import pickle
 from fractions import Fraction
 
+import av
+import cv2
 import numpy as np
 import pytest
-import torch
 
 from conclugen.config import ExtractConfig
-from conclugen.data.media import MediaError, decode_clip, encode_clip, log_mel
+from conclugen.data.media import MediaError, decode_clip, encode_clip
+from conclugen.data.media.integrity import cut_evidence
 
 SR = 16000
 AAC_FRAME = 1024  # tolerance on audio length: one AAC frame
@@ -224,11 +227,6 @@ def test_truncated_files_that_still_open(fmt: str, faststart: bool, keep: float)
 
 
 def test_images_and_empty_streams_are_not_videos() -> None:
-    import io
-
-    import av
-    import cv2
-
     for ext in (".png", ".jpg"):
         img = cv2.imencode(ext, np.zeros((40, 40, 3), np.uint8))[1].tobytes()
         with pytest.raises(MediaError) as e:
@@ -261,10 +259,6 @@ def test_images_and_empty_streams_are_not_videos() -> None:
 )
 def test_other_pixel_formats_and_odd_sizes(codec: str, fmt: str, w: int, h: int, pix: str) -> None:
     """Full-range, 4:2:2 and odd-sized video take the RGB crop path; counts and content hold."""
-    import io
-
-    import av
-
     n, fps = 25, 10  # 2.5 s
     buf = io.BytesIO()
     out = av.open(buf, "w", format=fmt)
@@ -304,83 +298,9 @@ def test_media_error_pickles() -> None:
     assert str(err) == "truncated: cut at 3 s"
 
 
-# ----------------------------------------------------------------------------- log-mel
-
-
-def numpy_log_mel(x: np.ndarray, sr: int, n_mels: int, n_fft: int, hop: int) -> np.ndarray:
-    """Written from the equations: centred zero-padded frames, periodic Hann, |rfft|², HTK mel
-    triangles over linearly spaced bins, log(. + 1e-6)."""
-    x = np.pad(x.astype(np.float64), (n_fft // 2, n_fft // 2))
-    n_frames = 1 + (len(x) - n_fft) // hop
-    win = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
-    frames = np.stack([x[i * hop : i * hop + n_fft] * win for i in range(n_frames)], axis=1)
-    power = np.abs(np.fft.rfft(frames, axis=0)) ** 2
-    mel = lambda f: 2595 * np.log10(1 + f / 700)  # noqa: E731
-    inv = lambda m: 700 * (10 ** (m / 2595) - 1)  # noqa: E731
-    edges = inv(np.linspace(mel(0), mel(sr / 2), n_mels + 2))
-    bins = np.arange(n_fft // 2 + 1) * sr / n_fft
-    fb = np.zeros((n_mels, len(bins)))
-    for m in range(n_mels):
-        lo, c, hi = edges[m], edges[m + 1], edges[m + 2]
-        for j, f in enumerate(bins):
-            if lo <= f <= c:
-                fb[m, j] = (f - lo) / (c - lo)
-            elif c < f <= hi:
-                fb[m, j] = (hi - f) / (hi - c)
-    return np.log(fb @ power + 1e-6)
-
-
-@pytest.mark.parametrize(
-    ("n", "n_mels", "n_fft", "hop"), [(4000, 40, 400, 160), (1234, 128, 512, 128), (100, 16, 400, 160)]
-)
-def test_log_mel_matches_numpy(n: int, n_mels: int, n_fft: int, hop: int) -> None:
-    x = np.random.default_rng(n).standard_normal(n).astype(np.float32) * 0.1
-    got = log_mel(x, SR, n_mels=n_mels, n_fft=n_fft, hop=hop)
-    want = numpy_log_mel(x, SR, n_mels, n_fft, hop)
-    assert isinstance(got, torch.Tensor) and tuple(got.shape) == (n_mels, 1 + n // hop) == want.shape
-    np.testing.assert_allclose(got.numpy(), want, rtol=1e-3, atol=1e-3)
-
-
-def test_log_mel_of_empty_audio() -> None:
-    out = log_mel(np.zeros(0, np.float32), SR)
-    assert tuple(out.shape) == (128, 1) and torch.isfinite(out).all()
-
-
-@pytest.mark.parametrize("box", [None, (200, 100, 90, 110), (5, 5, 60, 60), (600, 300, 50, 50)])
-def test_yuv_fast_crop_matches_rgb_crop_face(box: tuple[int, int, int, int] | None) -> None:
-    """Window and face crops are cut from the decoder's YUV planes before colour conversion; they
-    must match faces.crop_face on the RGB frame (boxes near the edge take the RGB path)."""
-    import io
-
-    import av
-
-    from conclugen.data.faces import crop_face
-    from conclugen.data.media import _Planes
-
-    yy, xx = np.mgrid[0:360, 0:640]
-    blob = 200 * np.exp(-(((xx - 250) / 60.0) ** 2 + ((yy - 150) / 50.0) ** 2))
-    img = np.dstack([(xx * 255 // 640), (yy * 255 // 360), blob]).astype(np.uint8)
-    frame = next(av.open(io.BytesIO(encode_clip(img[None], 10))).decode(video=0))
-    planes = _Planes.of(frame)
-    assert planes is not None
-    rgb = frame.to_ndarray(format="rgb24")
-    for size in (112, 180):
-        fast = planes.crop(box, size)
-        if fast is None:  # crop leaves the frame: the caller falls back to crop_face
-            assert box is not None and box[0] < 40 or box[0] + box[2] > 600
-            continue
-        want = crop_face(rgb, box, size)
-        diff = np.abs(fast.astype(int) - want.astype(int))
-        assert diff.mean() < 2 and np.percentile(diff, 99) < 8, (diff.mean(), diff.max())
-
-
 def test_mpegts_segment_falls_back_when_the_seek_misses() -> None:
     """MPEG-TS has no index: a seek lands without a keyframe before start_s, so decoding restarts
     from the beginning (and frame timestamps do not start at 0)."""
-    import io
-
-    import av
-
     n, fps = 60, 20
     data = encode_clip(grey_frames(n), fps, tone(3.0), fmt="mpegts")
     first = next(av.open(io.BytesIO(data)).decode(video=0)).time
@@ -392,15 +312,13 @@ def test_mpegts_segment_falls_back_when_the_seek_misses() -> None:
 
 def test_corrupt_is_told_apart_from_truncated() -> None:
     """Damage inside a whole file is "corrupt"; a file cut short is "truncated"."""
-    from conclugen.data.media import _cut_evidence
-
     rng = np.random.default_rng(3)
     good = encode_clip(rng.integers(0, 255, (40, 96, 96, 3), dtype=np.uint8), 10, tone(4.0))
     n = len(good)
-    assert _cut_evidence(good) is False and _cut_evidence(good[: n // 2]) is True
+    assert cut_evidence(good) is False and cut_evidence(good[: n // 2]) is True
     avi = encode_clip(grey_frames(20), 10, fmt="avi")
-    assert _cut_evidence(avi) is False and _cut_evidence(avi[:-100]) is True
-    assert _cut_evidence(b"\x1a\x45\xdf\xa3" + bytes(100)) is None  # Matroska: not checked
+    assert cut_evidence(avi) is False and cut_evidence(avi[:-100]) is True
+    assert cut_evidence(b"\x1a\x45\xdf\xa3" + bytes(100)) is None  # Matroska: not checked
     noise = lambda k: bytes(rng.integers(0, 255, k, dtype=np.uint8))  # noqa: E731
     damaged = {
         "index overwritten": good[:2000] + noise(n - 4000) + good[-2000:],
@@ -418,10 +336,6 @@ def test_corrupt_is_told_apart_from_truncated() -> None:
 
 def test_broken_audio_track_is_a_gap_with_the_error_recorded() -> None:
     """Whole video, garbage AAC packets: the clip decodes, without audio, and says why."""
-    import io
-
-    import av
-
     rng = np.random.default_rng(0)
     buf = io.BytesIO()
     out = av.open(buf, "w", format="matroska")
