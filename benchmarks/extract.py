@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from conclugen.data.corpora import load_manifest
     from conclugen.data.synthetic import synthesize
     from conclugen.features.extract import run_extract
+    from conclugen.runtime import start_local_ray
 
     cfg = load_config(args.config, args.sets)
     work = Path(args.workdir)
@@ -141,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loop: {loop['t_loop']:.1f} s = decode {loop['t_decode']:.1f} s + forward {loop['t_forward']:.1f} s "
           f"→ {loop_rate:.2f} clips/s; perfect-overlap bound {bound:.2f}×", flush=True)
 
-    ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False,
-             object_store_memory=2 * 1024**3, log_to_driver=False)
+    start_local_ray(args.num_cpus or os.cpu_count(), log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False  # keep the figures readable
     figures: dict[str, object] = {"loop": loop, "bound": bound, "loop_clips_per_s": loop_rate,
                                   "cpus": os.cpu_count(), "config": cfg.extract.model_dump()}

@@ -1,0 +1,1 @@
+"""Stage 2: frozen backbones and the feature store they fill, on Ray Data (see docs/architecture.md)."""

@@ -2,19 +2,25 @@
 
 Layout under a FEATURES_URI (local path or s3://):
 
-    features/*.parquet   one row per clip: clip_id, split, labels, corpus, one float32 vector per
-                         modality (columns "video", "audio", "text"), per-clip facts
-                         (n_frames, n_faces, n_windows, audio_seconds) and ``gaps`` (modalities
-                         whose input was missing and whose vector is zeros)
-    errors/*.parquet     one row per clip that failed: clip_id, video_uri, stage, error
+    features/*.parquet   one row per clip (:data:`FEATURE_SCHEMA`): clip_id, split, labels, corpus,
+                         one float32 vector per modality (columns "video", "audio", "text"),
+                         per-clip facts (n_frames, n_faces, n_windows, audio_seconds, ...) and
+                         ``gaps`` (modalities whose input was missing and whose vector is zeros)
+    errors/*.parquet     one row per clip that failed (:data:`ERROR_SCHEMA`): clip_id, video_uri,
+                         stage, error (``"<Type>: message"``, see :func:`error_text`)
     meta.json            backbones (name, source, dim, trained), dims per modality, label space,
                          multilabel flag, corpus — what training checks before any work starts
+
+Shards are written by :class:`ShardWriter` (atomically on local disks); :func:`written_ids` is
+the resume scan: the clips already in features/ or errors/. This module is the only writer and
+reader of that layout.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,10 +34,41 @@ from conclugen import storage
 from conclugen.config import MODALITIES, StorageConfig
 from conclugen.errors import ConCluGenError
 
+log = logging.getLogger(__name__)
+
 FEATURES_DIR = "features"
 ERRORS_DIR = "errors"
 META_FILE = "meta.json"
 SPLITS = ("train", "val", "test", "unlabeled")
+
+FEATURE_SCHEMA = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("split", pa.string()),
+        pa.field("labels", pa.list_(pa.string())),
+        pa.field("intensities", pa.list_(pa.float32())),
+        pa.field("corpus", pa.string()),
+        pa.field("video", pa.list_(pa.float32())),  # concat(image, video3d)
+        pa.field("audio", pa.list_(pa.float32())),
+        pa.field("text", pa.list_(pa.float32())),
+        pa.field("n_frames", pa.int32()),  # face frames (1 fps)
+        pa.field("n_faces", pa.int32()),  # of which a face was detected in
+        pa.field("n_windows", pa.int32()),  # 16-frame windows
+        pa.field("audio_seconds", pa.float32()),
+        pa.field("duration_s", pa.float32()),
+        pa.field("truncated_to_s", pa.float32()),  # null unless cut to max_clip_seconds
+        pa.field("transcript_source", pa.string()),  # manifest | asr | none
+        pa.field("gaps", pa.list_(pa.string())),  # modalities whose input was missing (zeros)
+    ]
+)
+ERROR_SCHEMA = pa.schema(
+    [
+        pa.field("clip_id", pa.string(), nullable=False),
+        pa.field("video_uri", pa.string()),
+        pa.field("stage", pa.string()),
+        pa.field("error", pa.string()),
+    ]
+)
 
 
 class FeatureStoreError(ConCluGenError, ValueError):
@@ -65,6 +102,19 @@ class FeatureMeta:
         return cls(**raw)
 
 
+def feature_schema(modalities: Iterable[str] = MODALITIES) -> pa.Schema:
+    """:data:`FEATURE_SCHEMA` with only these modality vector columns (extraction writes all
+    three; a store for a subset of modalities leaves the others out)."""
+    keep = set(modalities)
+    return pa.schema([f for f in FEATURE_SCHEMA if f.name not in MODALITIES or f.name in keep])
+
+
+def error_text(e: BaseException) -> str:
+    """The ``error`` column of an errors row: ``"<Type>: message"``, credentials scrubbed."""
+    msg = storage.scrub_secrets(str(e)).strip()
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
 def features_uri(root: str) -> str:
     return storage.join(root, FEATURES_DIR)
 
@@ -95,11 +145,71 @@ def check_meta(meta: FeatureMeta, modalities: Sequence[str], expected_dims: dict
             raise FeatureStoreError(f"feature dim mismatch for {m}: features have {meta.dims[m]}, expected {d}")
 
 
-def write_table(uri: str, table: pa.Table, name: str, cfg: StorageConfig | None = None) -> None:
-    """Write one Parquet file ``name`` under ``uri``."""
+# ------------------------------------------------------------------------------------ shards
+
+
+def write_parquet(uri: str, table: pa.Table, cfg: StorageConfig | None = None) -> None:
+    """Write one Parquet file; on local disks via a temp name + rename, so a crash never leaves
+    half a Parquet file that a resume would trip over (S3 PUTs are atomic already)."""
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    storage.write_bytes(storage.join(uri, name), buf.getvalue(), cfg)
+    if storage.is_s3(uri):
+        storage.write_bytes(uri, buf.getvalue(), cfg)
+        return
+    fs, path = storage.resolve(uri, cfg)
+    storage.write_bytes(uri + ".tmp", buf.getvalue(), cfg)
+    fs.move(path + ".tmp", path)
+
+
+def write_table(uri: str, table: pa.Table, name: str, cfg: StorageConfig | None = None) -> None:
+    """Write one Parquet file ``name`` under ``uri``."""
+    write_parquet(storage.join(uri, name), table, cfg)
+
+
+class ShardWriter:
+    """Writes features/ and errors/ shards named ``part-<tag>-<seq>.parquet``: ``tag`` is unique
+    per run, so shards of an interrupted run and of its resume never collide."""
+
+    def __init__(self, root: str, cfg: StorageConfig | None, tag: str,
+                 schema: pa.Schema = FEATURE_SCHEMA) -> None:
+        self.root, self.cfg, self.tag = root, cfg, tag
+        self.schemas = {FEATURES_DIR: schema, ERRORS_DIR: ERROR_SCHEMA}
+        self.seq = 0
+
+    def write(self, kind: str, rows: list[dict[str, Any]]) -> None:
+        """Write ``rows`` (dicts of the schema's columns) as one shard of ``kind`` (FEATURES_DIR
+        or ERRORS_DIR); nothing for no rows."""
+        if not rows:
+            return
+        table = pa.Table.from_pylist(rows, schema=self.schemas[kind])
+        write_table(storage.join(self.root, kind), table, f"part-{self.tag}-{self.seq:05d}.parquet", self.cfg)
+        self.seq += 1
+
+
+def written_ids(root: str, cfg: StorageConfig | None = None) -> tuple[set[str], set[str]]:
+    """clip_ids already under ``root``'s features/ and errors/. Unreadable shards (a crash while
+    writing to an object store that is not atomic) are deleted so their clips are redone."""
+    out: list[set[str]] = []
+    for sub in (FEATURES_DIR, ERRORS_DIR):
+        ids: set[str] = set()
+        for f in storage.list_files(storage.join(root, sub), cfg):
+            if f.endswith(".tmp"):
+                storage.delete(f, cfg)
+                continue
+            if not f.endswith(".parquet"):
+                continue
+            try:
+                fs, path = storage.resolve(f, cfg)
+                with fs.open_input_file(path) as fh:
+                    ids.update(pq.read_table(fh, columns=["clip_id"]).column("clip_id").to_pylist())
+            except Exception as e:  # a broken shard: redo its clips
+                log.warning("unreadable shard %s (%s): deleting it, its clips are redone", f, error_text(e))
+                storage.delete(f, cfg)
+        out.append(ids)
+    return out[0], out[1]
+
+
+# ----------------------------------------------------------------------------------- reading
 
 
 def read_table(uri: str, cfg: StorageConfig | None = None, columns: Iterable[str] | None = None) -> pa.Table:

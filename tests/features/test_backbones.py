@@ -71,9 +71,9 @@ def test_offline_image_means_over_frames() -> None:
     a = rng.integers(0, 255, (3, 72, 72, 3), dtype=np.uint8)
     c = rng.integers(0, 255, (1, 72, 72, 3), dtype=np.uint8)
     out = b.embed([a, c, np.zeros((0, 72, 72, 3), np.uint8)])
-    per_frame = b.frame_vectors(a)
+    per_frame = b.item_vectors(a)
     np.testing.assert_allclose(out[0], per_frame.mean(0), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out[1], b.frame_vectors(c)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[1], b.item_vectors(c)[0], rtol=1e-5, atol=1e-5)
     assert not out[2].any()
 
 
@@ -83,7 +83,7 @@ def test_seeded_video3d_is_deterministic_and_untrained() -> None:
     assert (b1.dim, b1.trained) == (128, False)
     v1, v2 = b1.embed([w]), b2.embed([w])
     np.testing.assert_array_equal(v1, v2)
-    np.testing.assert_allclose(v1[0], b1.window_vectors(w).mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(v1[0], b1.item_vectors(w).mean(0), rtol=1e-5, atol=1e-6)
 
 
 def test_speech_embedding_matches_openwakeword() -> None:
@@ -130,8 +130,8 @@ def test_hf_image_resnet(tiny_models: dict[str, Path]) -> None:
     frames = np.random.default_rng(3).integers(0, 255, (3, 40, 40, 3), dtype=np.uint8)
     out = b.embed([frames, frames[:1]])
     assert out.shape == (2, 16)
-    np.testing.assert_allclose(out[0], b.frame_vectors(frames).mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(out[1], b.frame_vectors(frames[:1])[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[0], b.item_vectors(frames).mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[1], b.item_vectors(frames[:1])[0], rtol=1e-5, atol=1e-6)
 
 
 def test_hf_video_videomae_resamples_windows(tiny_models: dict[str, Path]) -> None:
@@ -140,7 +140,7 @@ def test_hf_video_videomae_resamples_windows(tiny_models: dict[str, Path]) -> No
     w = np.random.default_rng(4).integers(0, 255, (2, 16, 40, 40, 3), dtype=np.uint8)
     out = b.embed([w])
     assert out.shape == (1, 16) and np.isfinite(out).all()
-    np.testing.assert_allclose(out[0], b.window_vectors(w).mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[0], b.item_vectors(w).mean(0), rtol=1e-5, atol=1e-6)
 
 
 def test_hf_audio_wav2vec2(tiny_models: dict[str, Path]) -> None:

@@ -13,7 +13,9 @@ import pytest
 from conclugen import storage
 from conclugen.config import Config, load_config
 from conclugen.data.corpora.manifest import Manifest, row
-from conclugen.features.extract import ExtractError, read_and_decode, run_extract, unpack
+from conclugen.features.decode_stage import read_and_decode
+from conclugen.features.extract import ExtractError, run_extract
+from conclugen.features.rows import unpack
 from conclugen.features.store import load_arrays, read_meta, read_table
 
 pytestmark = [pytest.mark.ray]
@@ -183,7 +185,7 @@ def test_bad_input_suite(ray_cluster: None, corpus: Path, tmp_path: Path) -> Non
     assert outcome["zero_byte"][0].startswith("decode") and "empty_file" in outcome["zero_byte"][1]
     assert outcome["not_a_video"][0].startswith("decode") and "not_a_video" in outcome["not_a_video"][1]
     assert outcome["no_video"][0].startswith("decode") and "no_video_stream" in outcome["no_video"][1]
-    assert outcome["missing"][0] == "read" and outcome["missing"][1].startswith("FileNotFoundError")
+    assert outcome["missing"][0] == "read" and outcome["missing"][1].startswith("StorageNotFoundError")
     assert outcome["s3_unreachable"][0] == "read" and "StorageError" in outcome["s3_unreachable"][1]
     assert "after 2 tries" in outcome["s3_unreachable"][1]
     assert outcome["unknown_label"][0] == "manifest"
@@ -204,7 +206,7 @@ def test_bad_input_suite(ray_cluster: None, corpus: Path, tmp_path: Path) -> Non
         for m in ("video", "audio", "text"):
             assert np.isfinite(f[m]).all()
     # the summary groups errors by stage and reason
-    assert any(k.startswith("read / FileNotFoundError") for k in s.errors_by_reason)
+    assert any(k.startswith("read / StorageNotFoundError") for k in s.errors_by_reason)
     assert sum(s.errors_by_reason.values()) == len(errs)
 
 
@@ -231,3 +233,41 @@ def test_cli_extract(ray_cluster: None, corpus: Path, tmp_path: Path) -> None:
     assert read_meta(str(out)).backbones["image"].trained is False
     bad = CliRunner().invoke(app, ["extract", str(tmp_path / "none"), "--corpus", "meld", "--out", str(out)])
     assert bad.exit_code == 1 and "error:" in bad.output
+
+
+@pytest.mark.slow
+def test_two_cli_extracts_into_one_output_at_once(ray_cluster: None, corpus: Path, tmp_path: Path) -> None:
+    """Two ``conclugen extract`` processes started together on the same corpus and --out: one
+    writes the store, the other stops with exit 1 naming it; the store is complete, not doubled."""
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    from conclugen.data.corpora import load_manifest
+    from conclugen.locks import LOCK_FILE
+
+    out = tmp_path / "features"
+    exe = str(Path(sys.executable).parent / "conclugen")
+    cmd = [exe, "extract", str(corpus), "--corpus", "meld", "--out", str(out), "--set", "extract.decode_tasks=2",
+           "--set", "extract.decode_batch_size=2", "--set", "extract.backbone_batch_size=4"]
+    # Both join the session's cluster (two Ray start-ups at once on 2 cores time out); it is bound to
+    # 127.0.0.1 and ensure_ray joins a loopback address in Ray's single-node mode.
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    res = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=900)
+        res.append((p.pid, p.returncode, stdout, stderr))
+    assert sorted(r[1] for r in res) == [0, 1], res
+    (win_pid, _, win_out, _), (_, _, _, lose_err) = sorted(res, key=lambda r: r[1])
+    assert "all accounted for" in win_out and f"features written      {N_CLIPS}" in win_out
+    assert f"error: {out} is in use by extract (pid {win_pid} on host " in lose_err, lose_err
+    assert f"remove {out / LOCK_FILE} if that process is gone" in lose_err
+    assert not (out / LOCK_FILE).exists()  # released by the winner
+
+    every = {r["clip_id"] for r in load_manifest("meld", str(corpus), load_config(None, [])).rows}
+    feats, errs = _ids(str(out), "features"), _ids(str(out), "errors")
+    assert sorted(feats + errs) == sorted(every)  # each clip exactly once, in one of the two

@@ -1,4 +1,5 @@
-"""Tiny feature stores that follow conclugen/features/store.py, for training/probe tests.
+"""Tiny feature stores written through conclugen/features/store.py's own writer and schema, for
+training/probe tests.
 
 Rows are random but structured: each label has one centre per modality and a clip's vector is
 its label's centre plus noise (non-negative, like post-ReLU backbone features), so the modalities
@@ -10,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import pyarrow as pa
 
 from conclugen.config import StorageConfig
 from conclugen.features import store as F
@@ -56,31 +56,17 @@ def write_feature_store(
     arr = make_arrays(n, dims, labels, noise=noise, seed=seed)
     split_col = [s for s, k in splits.items() for _ in range(k)]
     order = np.random.default_rng(seed + 1).permutation(n)  # splits interleaved across shards
-    cols: dict[str, list] = {
-        "clip_id": [f"clip{i:05d}" for i in range(n)],
-        "split": [split_col[i] for i in order],
-        "labels": [[labels[int(arr["label"][i])]] for i in range(n)],
-        "corpus": ["tiny"] * n,
-        "n_frames": [4] * n,
-        "n_faces": [4] * n,
-        "n_windows": [1] * n,
-        "audio_seconds": [2.0] * n,
-        "gaps": [[] for _ in range(n)],
-    }
-    for m in dims:
-        cols[m] = list(arr[m])
-    schema = {m: pa.list_(pa.float32()) for m in dims}
-    table = pa.table(
-        {
-            k: (pa.array(v, type=schema[k]) if k in schema else pa.array(v, type=pa.list_(pa.string())) if k in ("labels", "gaps") else pa.array(v))
-            for k, v in cols.items()
-        }
-    )
+    rows = [
+        {"clip_id": f"clip{i:05d}", "split": split_col[order[i]], "labels": [labels[int(arr["label"][i])]],
+         "corpus": "tiny", "n_frames": 4, "n_faces": 4, "n_windows": 1, "audio_seconds": 2.0,
+         "duration_s": 2.0, "transcript_source": "manifest", "gaps": [],
+         **{m: arr[m][i].tolist() for m in dims}}
+        for i in range(n)
+    ]
+    writer = F.ShardWriter(root, cfg, tag="tiny", schema=F.feature_schema(dims))
     per = -(-n // shards)
     for s in range(shards):
-        part = table.slice(s * per, per)
-        if part.num_rows:
-            F.write_table(F.features_uri(root), part, f"part-{s:05d}.parquet", cfg)
+        writer.write(F.FEATURES_DIR, rows[s * per : (s + 1) * per])
     meta = F.FeatureMeta(
         corpus="tiny",
         dims=dict(dims),

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from conclugen.features.backbones.registry import Backbone, BackboneError, chunks
+from conclugen.features.backbones.registry import Backbone, BackboneError, chunks, hf_parts
 
 SAMPLE_RATE = 16000
 ASR_CHUNK = 4
@@ -27,12 +27,11 @@ class HFASR(Backbone):
     trained = True
 
     def __init__(self, name: str, path: str, device: str = "cpu", cfg: Any = None) -> None:
-        from transformers import AutoFeatureExtractor, AutoModelForSpeechSeq2Seq, AutoTokenizer
+        from transformers import AutoTokenizer
 
         super().__init__(name, device)
-        self.extractor = AutoFeatureExtractor.from_pretrained(path)
+        _, self.extractor, self.model = hf_parts(path, device, "AutoFeatureExtractor", "AutoModelForSpeechSeq2Seq")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSpeechSeq2Seq.from_pretrained(path).eval().to(device)
         sr = int(getattr(self.extractor, "sampling_rate", SAMPLE_RATE) or SAMPLE_RATE)
         if sr != SAMPLE_RATE:
             raise BackboneError(f"{name} expects {sr} Hz audio; the pipeline decodes 16 kHz")
@@ -53,7 +52,7 @@ class HFASR(Backbone):
             batch = [np.asarray(waves[i], np.float32) for i in rows]
             inputs = self.extractor(batch, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True,
                                     return_attention_mask=True)
-            inputs = {k: v.to(self.device) for k, v in inputs.items()}
+            inputs = self.on_device(inputs)
             ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens)
             for i, text in zip(rows, self.tokenizer.batch_decode(ids, skip_special_tokens=True), strict=True):
                 out[i] = text.strip()

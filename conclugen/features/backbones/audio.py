@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from conclugen.features.backbones.image import seeded_init
-from conclugen.features.backbones.registry import Backbone, BackboneError
+from conclugen.features.backbones.registry import Backbone, BackboneError, hf_parts
 
 SAMPLE_RATE = 16000
 MIN_SAMPLES = SAMPLE_RATE  # pad shorter clips to 1 s
@@ -86,10 +86,6 @@ class SpeechEmbedding(Backbone):
         return out
 
 
-def speech_embedding(name: str, device: str = "cpu", cfg: Any = None) -> Backbone:
-    return SpeechEmbedding(name, device, cfg)
-
-
 class SeededAudio(Backbone):
     kind = "audio"
     dim = 128
@@ -121,21 +117,13 @@ class SeededAudio(Backbone):
         return out
 
 
-def seeded_audio(name: str, device: str = "cpu", cfg: Any = None) -> Backbone:
-    return SeededAudio(name, device, cfg)
-
-
 class HFAudio(Backbone):
     kind = "audio"
     trained = True
 
     def __init__(self, name: str, path: str, device: str = "cpu", cfg: Any = None) -> None:
-        from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
-
         super().__init__(name, device)
-        config = AutoConfig.from_pretrained(path)
-        self.extractor = AutoFeatureExtractor.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval().to(device)
+        config, self.extractor, self.model = hf_parts(path, device, "AutoFeatureExtractor")
         self.sample_rate = int(getattr(self.extractor, "sampling_rate", SAMPLE_RATE) or SAMPLE_RATE)
         if self.sample_rate != SAMPLE_RATE:
             raise BackboneError(f"{name} expects {self.sample_rate} Hz audio; the pipeline decodes 16 kHz")
@@ -150,7 +138,7 @@ class HFAudio(Backbone):
             if w is None:
                 continue
             inputs = self.extractor(w, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-            inputs = {k: v.to(self.device) for k, v in inputs.items()}
+            inputs = self.on_device(inputs)
             h = self.model(**inputs).last_hidden_state
             out[i] = h.mean(dim=1)[0].float().cpu().numpy()
         return out

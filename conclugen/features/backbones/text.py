@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from conclugen.features.backbones.registry import Backbone, BackboneError, chunks
+from conclugen.features.backbones.registry import Backbone, BackboneError, chunks, hf_parts
 
 MAX_TOKENS = 256
 TEXT_CHUNK = 32
@@ -28,12 +28,8 @@ class HFText(Backbone):
     trained = True
 
     def __init__(self, name: str, path: str, device: str = "cpu", cfg: Any = None) -> None:
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
         super().__init__(name, device)
-        config = AutoConfig.from_pretrained(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval().to(device)
+        config, self.tokenizer, self.model = hf_parts(path, device, "AutoTokenizer")
         self.dim = int(config.hidden_size)
         limit = getattr(config, "max_position_embeddings", MAX_TOKENS) or MAX_TOKENS
         self.max_tokens = int(min(MAX_TOKENS, limit - 2 if limit > 2 else limit))
@@ -47,7 +43,7 @@ class HFText(Backbone):
             rows = idx[s]
             enc = self.tokenizer([str(items[i]) for i in rows], padding=True, truncation=True,
                                  max_length=self.max_tokens, return_tensors="pt")
-            enc = {k: v.to(self.device) for k, v in enc.items()}
+            enc = self.on_device(enc)
             h = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
             mean = (h * mask).sum(1) / mask.sum(1).clamp_min(1.0)

@@ -12,34 +12,22 @@ float32 ``[B, dim]``: the mean of the per-window vectors (zeros for a clip with 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from conclugen.features.backbones.image import _mean_per_clip, pool_output, seeded_init
-from conclugen.features.backbones.registry import Backbone, chunks
+from conclugen.features.backbones.image import seeded_init, unit_rgb_64
+from conclugen.features.backbones.pooling import StackBackbone, pool_output
+from conclugen.features.backbones.registry import hf_parts
 
 WINDOW_CHUNK = 8  # windows per forward pass
 
 
-class _WindowBackbone(Backbone):
+class _WindowBackbone(StackBackbone):
     kind = "video3d"
-
-    def window_vectors(self, windows: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def embed(self, items: Sequence[np.ndarray]) -> np.ndarray:
-        counts = [0 if c is None else int(len(c)) for c in items]
-        parts = [np.asarray(c) for c in items if c is not None and len(c)]
-        if not parts:
-            return np.zeros((len(items), self.dim), np.float32)
-        windows = np.concatenate(parts)
-        vecs = np.concatenate([self.window_vectors(windows[s]) for s in chunks(len(windows), WINDOW_CHUNK)])
-        return _mean_per_clip(vecs, counts, self.dim)
+    chunk = WINDOW_CHUNK
 
 
 class SeededC3D(_WindowBackbone):
@@ -61,29 +49,20 @@ class SeededC3D(_WindowBackbone):
         self.details = {"source": "seeded 3D CNN (seed 2), untrained", "input": "T x 64 x 64 RGB"}
 
     @torch.inference_mode()
-    def window_vectors(self, windows: np.ndarray) -> np.ndarray:
+    def item_vectors(self, windows: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(windows)).float()  # [N, T, H, W, 3]
         n, t, h, w, _ = x.shape
-        x = x.permute(0, 1, 4, 2, 3).reshape(n * t, 3, h, w) / 127.5 - 1.0
-        x = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
+        x = unit_rgb_64(x.permute(0, 1, 4, 2, 3).reshape(n * t, 3, h, w))
         x = x.reshape(n, t, 3, 64, 64).permute(0, 2, 1, 3, 4)  # [N, 3, T, 64, 64]
         return self.model(x.to(self.device)).float().cpu().numpy()
-
-
-def seeded_c3d(name: str, device: str = "cpu", cfg: Any = None) -> Backbone:
-    return SeededC3D(name, device, cfg)
 
 
 class HFVideo(_WindowBackbone):
     trained = True
 
     def __init__(self, name: str, path: str, device: str = "cpu", cfg: Any = None) -> None:
-        from transformers import AutoConfig, AutoImageProcessor, AutoModel
-
         super().__init__(name, device)
-        config = AutoConfig.from_pretrained(path)
-        self.processor = AutoImageProcessor.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval().to(device)
+        config, self.processor, self.model = hf_parts(path, device, "AutoImageProcessor")
         # the model's clip length (VideoMAE: 16); our windows are resampled to it when they differ
         self.num_frames = int(getattr(config, "num_frames", 0) or 0)
         sizes = getattr(config, "hidden_sizes", None)
@@ -91,7 +70,7 @@ class HFVideo(_WindowBackbone):
         self.details = {"source": name, "class": type(self.model).__name__, "num_frames": self.num_frames}
 
     @torch.inference_mode()
-    def window_vectors(self, windows: np.ndarray) -> np.ndarray:
+    def item_vectors(self, windows: np.ndarray) -> np.ndarray:
         videos = []
         for w in windows:
             if self.num_frames and len(w) != self.num_frames:
@@ -99,5 +78,5 @@ class HFVideo(_WindowBackbone):
                 w = w[idx]
             videos.append(list(w))
         inputs = self.processor(videos, return_tensors="pt")
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs = self.on_device(inputs)
         return pool_output(self.model(**inputs)).float().cpu().numpy()

@@ -1,0 +1,62 @@
+"""The read + decode stage of the extraction pipeline: CPU tasks that turn manifest rows into
+decoded pipeline rows (see :mod:`conclugen.features.rows`), or error rows with ``err_stage``
+read | decode[:<media stage>]."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from conclugen import storage
+from conclugen.config import Config, StorageConfig
+from conclugen.features.rows import DECODED_COLUMNS, pack
+from conclugen.features.store import error_text
+
+# A decode worker holds torch, PyAV and one decoded clip: ~300 MB. Reserving it also keeps Ray
+# Data from fusing the decode tasks into the first backbone actor (see build_dataset).
+DECODE_TASK_MEMORY = 512 * 1024**2
+
+
+def read_and_decode(row: dict[str, Any], cfg: Config, storage_cfg: StorageConfig) -> dict[str, Any]:
+    """One manifest row → the decode stage's output row (arrays packed as .npy bytes), or an error
+    row with ``err_stage`` read | decode."""
+    from conclugen.data.media import decode_clip
+
+    out: dict[str, Any] = {"clip_id": row["clip_id"], "video_uri": row["video_uri"], "row": json.dumps(row),
+                           "err_stage": "", "err": "", "faces": b"", "windows": b"", "audio": b"",
+                           "facts": "{}", "text": row.get("transcript") or "",
+                           "text_src": "manifest" if row.get("transcript") is not None else "none"}
+    try:
+        data = storage.read_bytes(row["video_uri"], storage_cfg, retries=cfg.extract.s3_read_retries)
+    except Exception as e:  # missing file, S3 failure after retries, permissions, ...
+        out.update(err_stage="read", err=error_text(e))
+        return out
+    try:
+        clip = decode_clip(data, cfg.extract, start_s=row.get("start_s"), end_s=row.get("end_s"),
+                           max_seconds=cfg.corpus.max_clip_seconds)
+    except Exception as e:
+        reason = getattr(e, "reason", None)
+        stage = "decode" if reason is None else f"decode:{getattr(e, 'stage', 'decode')}"
+        out.update(err_stage=stage, err=error_text(e))
+        return out
+    del data
+    facts = {"n_frames": clip.n_frames, "n_faces": int(clip.n_faces), "n_windows": clip.n_windows,
+             "audio_seconds": clip.audio_seconds if clip.has_audio else 0.0,
+             "duration_s": float(clip.duration_s), "truncated_to_s": clip.truncated_to_s,
+             "has_audio": bool(clip.has_audio and len(clip.audio) > 0)}
+    out.update(faces=pack(clip.face_frames), windows=pack(clip.windows),
+               audio=pack(clip.audio if facts["has_audio"] else None), facts=json.dumps(facts))
+    return out
+
+
+def decode_batch(batch: dict[str, np.ndarray], cfg_json: str, storage_cfg: StorageConfig) -> dict[str, list[Any]]:
+    """``map_batches`` function of the decode tasks: a batch of ``{"row": <manifest row JSON>}``."""
+    cfg = Config.model_validate_json(cfg_json)
+    out: dict[str, list[Any]] = {k: [] for k in DECODED_COLUMNS}
+    for raw in batch["row"]:
+        r = read_and_decode(json.loads(raw), cfg, storage_cfg)
+        for k in out:
+            out[k].append(r[k])
+    return out
