@@ -13,7 +13,7 @@ The whole step (forward, the three losses with our clustering, backward, AdamW) 
 same model. Printed, from one run:
   ours / reference clustering time per step (goal <= 0.2), clustering share of our step (<= 10%).
 
-    python benchmarks/cluster_step.py           # full: K 128, batch 4096, queue 20, METHOD.md dims
+    python benchmarks/cluster_step.py           # full: K 128, batch 4096, queue 20, the dims of docs/method.md
     python benchmarks/cluster_step.py --quick   # CI size
 """
 

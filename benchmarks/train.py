@@ -1,8 +1,8 @@
 """Benchmark: samples/s of the Ray Train loop vs a plain PyTorch loop, measured in one run.
 
-Both loops use the same :class:`conclugen.training.pretrain.Stepper` (same model, the three losses, per-step
-k-means with its queue, AdamW), the same in-memory data and the same global batch. Throughput is
-training samples per second over the steps of an epoch (data iteration included; validation and
+Both loops run epochs with the same :class:`conclugen.training.step.Stepper` (same model, the
+three losses, per-step k-means with its queue, AdamW), the same in-memory data and the same
+global batch. Throughput is training samples per second over the steps of an epoch (data iteration included; validation and
 checkpoint writing excluded in both), per epoch after the first (warm-up). Printed as wall-clock
 samples/s (median and best epoch) and as samples per CPU-second of the training processes (all
 ranks summed), which does not depend on how much of a shared machine other processes take.
@@ -49,38 +49,24 @@ def make_data(n: int, dims: dict[str, int], k: int, seed: int = 0) -> dict[str, 
 
 def plain_loop(cfg, data: dict[str, np.ndarray], epochs: int, threads: int) -> tuple[list[float], list[float]]:
     """The same work as the Ray loop in one process: shuffle, fixed batches, step."""
-    from conclugen.training.pretrain import Stepper, _seed_all
-    from conclugen.training.schedule import make_scheduler
+    from conclugen.training.step import Stepper, seed_all
 
     torch.set_num_threads(threads)
-    _seed_all(cfg.train.seed)
+    seed_all(cfg.train.seed)
     dims = {m: v.shape[1] for m, v in data.items()}
     st = Stepper(cfg, dims)
-    opt = torch.optim.AdamW(st.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sched = make_scheduler(opt, cfg.train)
     tensors = {m: torch.from_numpy(v) for m, v in data.items()}
     n = next(iter(tensors.values())).shape[0]
     bs = cfg.train.batch_size
     steps = n // bs
     rates, cpu_rates = [], []
     for epoch in range(epochs):
-        st.model.train()
-        st.kmeans.reset()
         t0, c0 = time.perf_counter(), time.process_time()
         perm = torch.from_numpy(np.random.default_rng(cfg.train.seed + epoch).permutation(n))
-        for s in range(steps):
-            idx = perm[s * bs : (s + 1) * bs]
-            feats = {m: t[idx] for m, t in tensors.items()}
-            losses = st.losses(st.model, feats, epoch, train=True)
-            total = st.total(losses)
-            if not torch.isfinite(total):
-                raise RuntimeError("non-finite loss in the plain loop")
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
+        batches = ({m: t[perm[s * bs : (s + 1) * bs]] for m, t in tensors.items()} for s in range(steps))
+        st.run_epoch(batches, epoch, train=True)  # raises NonFiniteLossError on a NaN loss
         rates.append(steps * bs / (time.perf_counter() - t0))
         cpu_rates.append(steps * bs / (time.process_time() - c0))
-        sched.step()
     return rates[1:], cpu_rates[1:]
 
 
@@ -91,7 +77,7 @@ def ray_loop(
     import ray.data
     from ray.data.extensions import ArrowTensorArray
 
-    from conclugen.training.pretrain import fit
+    from conclugen.training.driver import fit
     from conclugen.training.run_folder import find_checkpoints
 
     table = pa.table({m: ArrowTensorArray.from_numpy(v) for m, v in data.items()})
@@ -123,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from conclugen.config import load_config
+    from conclugen.runtime import start_local_ray
 
     if args.quick:
         dims = {"video": 64, "audio": 32, "text": 48}
@@ -141,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
           f"batch {cfg.train.batch_size}, {epochs} epochs (first is warm-up), {args.threads} threads",
           flush=True)
 
-    ray.init(num_cpus=8, object_store_memory=1_000_000_000, include_dashboard=False,
-             log_to_driver=False)
+    start_local_ray(8, object_store_bytes=1_000_000_000, log_to_driver=False)
     def show(name: str, r: tuple[list[float], list[float]]) -> None:
         print(f"{name:<24}wall: median {statistics.median(r[0]):8.1f} best {max(r[0]):8.1f} samples/s | "
               f"per CPU-second: median {statistics.median(r[1]):8.1f} ({len(r[0])} epochs)", flush=True)

@@ -1,0 +1,1 @@
+"""The method: heads, losses, k-means and the collectives they use (see docs/method.md)."""

@@ -1,4 +1,4 @@
-"""ConCluGen heads (METHOD.md, "Pipeline" steps 2–5).
+"""ConCluGen heads (see docs/method.md, Heads).
 
 Per modality a Gated Embedding Unit maps the frozen backbone feature to a representation of size
 D (audio: GEU 1024→1024, then Linear(1024→D)); a projection head and a cluster head are shared by
@@ -99,7 +99,7 @@ class ConCluGen(nn.Module):
         self.encoders = nn.ModuleDict()
         for m, dim in self.input_dims.items():
             if m == "audio":
-                # METHOD.md: the audio head is GEU 1024→1024 then Linear(1024→D).
+                # The audio head is GEU 1024→1024 then Linear(1024→D) (docs/method.md, Heads).
                 self.encoders[m] = nn.Sequential(
                     GatedEmbeddingUnit(dim, audio_geu_dim), nn.Linear(audio_geu_dim, d)
                 )

@@ -1,9 +1,9 @@
 """Cosine k-means, single-process or distributed, and the online clustering used in training.
 
-Cosine k-means as METHOD.md: points are assigned to the centroid of highest cosine similarity;
-centroids are the (un-normalised) means of their assigned points; stop after ``iters``
-iterations or when the squared centroid shift ``Σ‖C_new − C‖²`` is ≤ ``tol`` (the criterion of
-fast-pytorch-kmeans, the reference's library).
+Cosine k-means as in docs/method.md, Clustering: points are assigned to the centroid of highest
+cosine similarity; centroids are the (un-normalised) means of their assigned points; stop after
+``iters`` iterations or when the squared centroid shift ``Σ‖C_new − C‖²`` is ≤ ``tol`` (the
+criterion of fast-pytorch-kmeans, the reference's library).
 
 Distributed (SwAV / DeepCluster-v2 style): the initial centroids are chosen on rank 0 and
 broadcast; each rank assigns its local points; per-cluster sums and counts are summed with one
@@ -79,7 +79,7 @@ def assign(xn: Tensor, centroids: Tensor, backend: str = "auto") -> tuple[Tensor
     return sim, idx
 
 
-def _random_init(x: Tensor, k: int, seed: int) -> Tensor:
+def random_init(x: Tensor, k: int, seed: int) -> Tensor:
     """k distinct random points (cycled when k exceeds the number of points)."""
     g = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(x.shape[0], generator=g).to(x.device)
@@ -154,7 +154,7 @@ def kmeans(
             raise ValueError(f"init must have shape {(k, d)}, got {tuple(init.shape)}")
         c = init.detach().float().clone().to(x.device)
     elif not dist_on or rank == 0:
-        c = _random_init(x, k, seed)
+        c = random_init(x, k, seed)
     else:
         c = x.new_empty((k, d))
     if dist_on:

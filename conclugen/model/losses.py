@@ -1,4 +1,4 @@
-"""ConCluGen losses as pure tensor functions (METHOD.md, "Losses").
+"""ConCluGen losses as pure tensor functions (see docs/method.md, Losses).
 
 Distributed convention (``gather=True`` under torch.distributed): every loss returned on a rank
 is a *per-rank term whose mean over ranks equals the loss of the global batch*, and whose

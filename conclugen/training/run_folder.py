@@ -8,9 +8,12 @@ Layout (local path or ``s3://`` prefix)::
       conclugen/run.json             the MLflow run this folder logs to (resume reopens it)
       conclugen/error.json           why the workers stopped (non-finite loss), when they did
       conclugen/summary.json         the driver's result at the end
+      conclugen/workers/rank<r>-epoch<e>-pid<p>.json   which process trained which epoch
 
-``checkpoint_*`` folders are written by Ray Train (``RunConfig(name, storage_path)`` derived from
-RUN_URI, see :mod:`conclugen.training.driver`); everything else reads them only through here.
+``checkpoint_*`` folders are written by Ray Train under the ``RunConfig(name, storage_path)`` that
+:func:`ray_storage` derives from RUN_URI; everything else reads them only through here. Workers
+write their files through the driver's filesystem object (:func:`write_worker_record`,
+:func:`write_worker_error`): they may not have its credentials in their environment.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import posixpath
+import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,8 +33,11 @@ import torch
 
 from conclugen import storage
 from conclugen.errors import ConCluGenError
+from conclugen.training.errors import PretrainError
 
 if TYPE_CHECKING:
+    import pyarrow.fs as pafs
+
     from conclugen.config import StorageConfig
     from conclugen.model.heads import ConCluGen
 
@@ -36,8 +45,12 @@ CHECKPOINT_FILE = "checkpoint.pt"
 INFO_FILE = "info.json"
 STATE_DIR = "conclugen"
 CHECKPOINT_PREFIX = "checkpoint_"
+ERROR_FILE = "error.json"
+WORKERS_DIR = "workers"
 # What inference needs of a payload (no optimizer / scheduler state).
 INFERENCE_KEYS = ("model", "config", "input_dims", "meta", "epoch", "metrics", "mlflow_run_id")
+# storage.resolve(RUN_URI): the driver's filesystem object and path, handed to the workers.
+RunFs = tuple["pafs.FileSystem", str]
 
 
 class CheckpointNotFoundError(ConCluGenError, FileNotFoundError):
@@ -47,6 +60,76 @@ class CheckpointNotFoundError(ConCluGenError, FileNotFoundError):
 def state_uri(run_uri: str, name: str) -> str:
     """``RUN_URI/conclugen/<name>`` (``run.json``, ``error.json``, ``summary.json``)."""
     return storage.join(run_uri, STATE_DIR, name)
+
+
+def ray_storage(run_uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem | None, str, str]:
+    """RUN_URI → (pyarrow filesystem or None, storage_path, name) for Ray Train's RunConfig, so
+    that its ``checkpoint_*`` folders land directly under RUN_URI (and a re-run resumes them)."""
+    run_uri = str(run_uri).rstrip("/")
+    if storage.is_s3(run_uri):
+        fs, path = storage.resolve(run_uri, cfg)
+        parent, name = posixpath.split(path)
+        if not parent or not name:
+            raise PretrainError(f"RUN_URI {run_uri} must name a folder inside a bucket (s3://bucket/run)")
+        return fs, parent, name
+    _, path = storage.resolve(run_uri)
+    p = Path(path)
+    return None, str(p.parent), p.name
+
+
+def checkpoint_uri(run_uri: str, fs_path: str) -> str:
+    """The URI of a checkpoint that Ray Train reports by its filesystem path under RUN_URI."""
+    return "s3://" + fs_path.lstrip("/") if storage.is_s3(run_uri) else fs_path
+
+
+def _write_state_json(run_fs: RunFs, name: str, data: Mapping[str, Any]) -> None:
+    """``RUN_URI/conclugen/<name>`` as one whole object (no appends: S3 has none)."""
+    fs, run_path = run_fs
+    path = posixpath.join(run_path, STATE_DIR, name)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(dict(data)).encode())
+
+
+def write_worker_error(run_fs: RunFs, message: str, epoch: int | None, step: int | None) -> None:
+    """Record why the workers stopped (a non-finite loss); the driver raises it after the fit."""
+    _write_state_json(run_fs, ERROR_FILE, {"type": "nonfinite", "message": message, "epoch": epoch, "step": step})
+
+
+def read_worker_error(run_uri: str, cfg: StorageConfig | None = None) -> dict[str, Any] | None:
+    """What :func:`write_worker_error` recorded, or None."""
+    uri = state_uri(run_uri, ERROR_FILE)
+    if not storage.exists(uri, cfg):
+        return None
+    return json.loads(storage.read_text(uri, cfg))
+
+
+def clear_worker_error(run_uri: str, cfg: StorageConfig | None = None) -> None:
+    """Forget a previous attempt's error before training again."""
+    uri = state_uri(run_uri, ERROR_FILE)
+    if storage.exists(uri, cfg):
+        storage.delete(uri, cfg)
+
+
+def write_worker_record(run_fs: RunFs, rank: int, epoch: int, start_epoch: int) -> None:
+    """Note that this process trains ``epoch`` as world rank ``rank`` (``start_epoch``: where it
+    began, i.e. where a restarted worker group resumed). One object per rank, epoch and process,
+    so a restarted epoch keeps the record of the attempt that died."""
+    pid = os.getpid()
+    record = {"rank": rank, "epoch": epoch, "start_epoch": start_epoch, "pid": pid,
+              "host": socket.gethostname(), "time": time.time()}
+    _write_state_json(run_fs, posixpath.join(WORKERS_DIR, f"rank{rank}-epoch{epoch}-pid{pid}.json"), record)
+
+
+def worker_records(run_uri: str, cfg: StorageConfig | None = None) -> list[dict[str, Any]]:
+    """Every :func:`write_worker_record` under RUN_URI, by rank, then in the order written."""
+    out = []
+    for f in storage.list_files(state_uri(run_uri, WORKERS_DIR), cfg, suffixes=(".json",)):
+        try:
+            out.append(json.loads(storage.read_text(f, cfg)))
+        except (OSError, ValueError):  # an object being written
+            continue
+    return sorted(out, key=lambda r: (r.get("rank", -1), r.get("time", 0.0), r.get("epoch", -1)))
 
 
 def save_checkpoint_dir(directory: str | Path, payload: Mapping[str, Any], info: Mapping[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""The reference's learning-rate schedule, stepped once per epoch (METHOD.md, "Training").
+"""The reference's learning-rate schedule, stepped once per epoch (see docs/method.md, Pretraining).
 
 ``warmup_epochs`` of linear warm-up (LinearLR: factor ``start_factor`` → 1), then cosine annealing
 with warm restarts (cycle lengths ``t0 · t_mult^i``, floor ``eta_min``) whose peak learning rate is

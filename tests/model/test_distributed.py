@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conclugen.model.distributed import all_reduce_sum, gather_with_grad, world
-from conclugen.model.kmeans import OnlineKMeans, _random_init, kmeans
+from conclugen.model.kmeans import OnlineKMeans, kmeans, random_init
 from conclugen.model.losses import mms_contrastive
 
 # Spawning two processes and DDP's first construction (it imports torch._dynamo) take ~20–60 s.
@@ -211,7 +211,7 @@ def test_distributed_kmeans_matches_single_process(ranks: list[dict[str, Any]], 
 
 def test_distributed_kmeans_rank0_init(ranks: list[dict[str, Any]]) -> None:
     xs = _data(5, (40, 60), 4, torch.float32)
-    c_ref, l_ref = kmeans(torch.cat(xs), 5, init=_random_init(xs[0], 5, 9), backend="torch")
+    c_ref, l_ref = kmeans(torch.cat(xs), 5, init=random_init(xs[0], 5, 9), backend="torch")
     (c0, l0), (c1, l1) = ranks[0]["km_rank0_init"], ranks[1]["km_rank0_init"]
     assert torch.equal(c0, c1)
     assert torch.equal(torch.cat([l0, l1]), l_ref)
@@ -224,7 +224,7 @@ def test_distributed_online_kmeans_with_queue(ranks: list[dict[str, Any]]) -> No
     for step in range(3):
         xb = _data(20 + step, (12, 12), 4, torch.float32)
         local = [torch.cat(hist[r][-2:] + [xb[r]]) for r in range(WS)]
-        c_ref, l_ref = kmeans(torch.cat(local), 4, init=_random_init(local[0], 4, 3 + step), backend="torch")
+        c_ref, l_ref = kmeans(torch.cat(local), 4, init=random_init(local[0], 4, 3 + step), backend="torch")
         (c0, a0), (c1, a1) = ranks[0]["online"][step], ranks[1]["online"][step]
         assert torch.equal(c0, c1)
         n0 = len(local[0])

@@ -1,4 +1,4 @@
-"""ConCluGen heads: shapes, structure, and a numpy forward written from METHOD.md."""
+"""ConCluGen heads: shapes, structure, and a numpy forward written from docs/method.md, Heads."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_forward_matches_numpy_in_eval_mode() -> None:
 
 
 def test_layer_dimensions_follow_method() -> None:
-    model = ConCluGen({"video": 4096, "audio": 1024, "text": 768})  # METHOD.md sizes
+    model = ConCluGen({"video": 4096, "audio": 1024, "text": 768})  # the sizes of docs/method.md, Heads
     assert model.encoders["video"].fc1.in_features == 4096
     assert model.encoders["video"].fc2.out_features == 4096
     audio_geu, audio_lin = model.encoders["audio"]

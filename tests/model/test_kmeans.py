@@ -1,5 +1,5 @@
-"""Cosine k-means against numpy written from METHOD.md, against faiss on separated data, and the
-online (queue + schedule) wrapper."""
+"""Cosine k-means against numpy written from docs/method.md (Clustering), against faiss on
+separated data, and the online (queue + schedule) wrapper."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conclugen.model.kmeans import OnlineKMeans, _random_init, kmeans
+from conclugen.model.kmeans import OnlineKMeans, kmeans, random_init
 
 
 def _np_kmeans(x: np.ndarray, init: np.ndarray, iters: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +163,7 @@ def test_online_warm_schedule_refits_every_n_steps() -> None:
 
 def test_random_init_cycles_when_k_exceeds_points() -> None:
     x = torch.arange(6.0).reshape(3, 2)
-    init = _random_init(x, 7, seed=0)
+    init = random_init(x, 7, seed=0)
     assert init.shape == (7, 2)
     assert {tuple(r) for r in init.tolist()} == {tuple(r) for r in x.tolist()}
 

@@ -1,4 +1,4 @@
-"""Each loss against plain numpy written from METHOD.md's equations."""
+"""Each loss against plain numpy written from the equations of docs/method.md, Losses."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Pretraining: LR schedule, feature checks, checkpoints, NaN guard (in-process), and end-to-end
-Ray Train runs (2 CPU workers): MLflow server read-back, resume, a killed worker, RUN_URI on S3."""
+"""The pretraining driver: feature checks before any work (also through the CLI), the NaN guard
+(in-process), and end-to-end Ray Train runs (2 CPU workers): MLflow server read-back, resume, a
+killed worker, RUN_URI on S3."""
 
 from __future__ import annotations
 
@@ -20,75 +21,16 @@ from conclugen import storage
 from conclugen.config import load_config
 from conclugen.features import store as F
 from conclugen.features.store import FeatureStoreError
-from conclugen.training.pretrain import (
-    NonFiniteLossError,
-    PretrainError,
-    Stepper,
-    check_features,
-    cluster_stats,
-    run_pretrain,
-)
-from conclugen.training.run_folder import (
-    CHECKPOINT_FILE,
-    best_checkpoint,
-    find_checkpoints,
-    load_checkpoint,
-    save_checkpoint_dir,
-)
-from conclugen.training.schedule import lr_at, lr_for, make_scheduler
+from conclugen.training.driver import check_features, run_pretrain
+from conclugen.training.errors import NonFiniteLossError, PretrainError
+from conclugen.training.run_folder import find_checkpoints, load_checkpoint, worker_records
+from conclugen.training.schedule import lr_for
 from tests.helpers.configs import TINY
 from tests.helpers.features import write_feature_store
 
 
 def tiny_cfg(tmp_path: Path, *extra: str):
     return load_config(None, [*TINY, f"workdir={tmp_path / 'work'}", *extra])
-
-
-# ----------------------------------------------------------------------------- LR schedule
-
-
-def _expected_lr(e: int, base=2e-5, warm=5, start=0.1, t0=20, eta=1e-6, decay=0.75) -> float:
-    """METHOD.md written out independently: LinearLR warm-up, then SGDR with T_mult=2 in closed
-    form (cycle i starts at t0·(2^i − 1)), peak decayed by ``decay`` per restart."""
-    if e < warm:
-        return base * (start + (1 - start) * e / warm)
-    t = e - warm
-    i = int(np.floor(np.log2(t / t0 + 1)))
-    t_cur, t_i = t - t0 * (2**i - 1), t0 * 2**i
-    peak = base * decay**i
-    return eta + (peak - eta) * (1 + np.cos(np.pi * t_cur / t_i)) / 2
-
-
-def test_lr_schedule_values():
-    for e in range(0, 200):
-        assert lr_at(e, 2e-5) == pytest.approx(_expected_lr(e), rel=1e-9, abs=1e-15), e
-    # Landmarks: warm-up start, the peak, the floor before a restart, decayed peaks after.
-    assert lr_at(0, 2e-5) == pytest.approx(2e-6)
-    assert lr_at(5, 2e-5) == pytest.approx(2e-5)
-    assert lr_at(24, 2e-5) < 1.2e-6
-    assert lr_at(25, 2e-5) == pytest.approx(2e-5 * 0.75)
-    assert lr_at(65, 2e-5) == pytest.approx(2e-5 * 0.75**2)
-    assert lr_at(145, 2e-5) == pytest.approx(2e-5 * 0.75**3)
-
-
-def test_scheduler_drives_optimizer_and_resumes(tmp_path):
-    cfg = tiny_cfg(tmp_path, "train.lr=2e-5", "train.warmup_epochs=5")
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.AdamW([p], lr=cfg.train.lr)
-    sched = make_scheduler(opt, cfg.train)
-    seen = []
-    for _ in range(30):
-        seen.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert seen == pytest.approx([_expected_lr(e) for e in range(30)], rel=1e-9)
-    # A fresh optimizer + scheduler restored from state continue at the same epoch.
-    opt2 = torch.optim.AdamW([p], lr=cfg.train.lr)
-    sched2 = make_scheduler(opt2, cfg.train)
-    sched2.load_state_dict(sched.state_dict())
-    opt2.load_state_dict(opt.state_dict())
-    assert opt2.param_groups[0]["lr"] == pytest.approx(_expected_lr(30))
-    assert lr_for(30, cfg.train) == pytest.approx(_expected_lr(30))
 
 
 # ----------------------------------------------------------------------------- checks (no Ray)
@@ -117,34 +59,18 @@ def test_feature_checks_before_any_work(tmp_path):
         check_features(tiny_val, tiny_cfg(tmp_path, "model.modalities=[video, audio]", "train.workers=2"))
 
 
-def test_checkpoint_roundtrip_and_best(tmp_path):
-    cfg = tiny_cfg(tmp_path)
-    dims = {"video": 24, "audio": 12, "text": 16}
-    run = tmp_path / "run"
-    states = []
-    for epoch, score in enumerate([3.0, 1.0, 2.0]):
-        torch.manual_seed(epoch)
-        model = Stepper(cfg, dims).model
-        states.append(model.state_dict())
-        save_checkpoint_dir(run / f"checkpoint_{epoch}", {
-            "model": model.state_dict(), "epoch": epoch, "input_dims": dims,
-            "config": cfg.public_dict(), "meta": {"corpus": "tiny"}, "metrics": {"loss": score},
-        }, {"epoch": epoch, "score": score})
-    assert [c["epoch"] for c in find_checkpoints(str(run))] == [0, 1, 2]
-    assert best_checkpoint(str(run)).endswith("checkpoint_1")
-    model, info = load_checkpoint(str(run))  # a RUN_URI → its best checkpoint
-    assert info["epoch"] == 1 and info["input_dims"] == dims and info["meta"] == {"corpus": "tiny"}
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, states[1][k]), k
-    model2, info2 = load_checkpoint(str(run / "checkpoint_2" / CHECKPOINT_FILE))
-    assert info2["epoch"] == 2 and not model2.training
+def test_second_pretrain_into_a_held_run_folder_is_refused(tmp_path):
+    from conclugen.locks import OutputLockedError, output_lock
 
-
-def test_cluster_stats():
-    s = cluster_stats(torch.tensor([5.0, 5.0, 0.0, 0.0], dtype=torch.float64))
-    assert s["cluster_occupancy"] == 0.5
-    assert s["cluster_entropy"] == pytest.approx(math.log(2) / math.log(4))
-    assert cluster_stats(torch.zeros(4, dtype=torch.float64)) == {}
+    root = str(tmp_path / "feats")
+    write_feature_store(root, splits={"train": 40}, dims={"video": 8, "audio": 6})
+    cfg = tiny_cfg(tmp_path, "model.modalities=[video, audio]")
+    run = str(tmp_path / "run")
+    with output_lock(run, "pretrain"):  # a run in progress in this folder (this process)
+        with pytest.raises(OutputLockedError, match=r"run is in use by pretrain \(pid \d+"):
+            run_pretrain(root, run, cfg)  # refused before any cluster work: no Ray here
+    assert not find_checkpoints(run)
+    assert not os.path.exists(os.path.join(run, ".conclugen.lock"))  # released on exit
 
 
 # ----------------------------------------------------------------------------- Ray runs
@@ -174,17 +100,12 @@ def test_nan_guard_names_epoch_step_and_loss(ray_cluster, tmp_path, monkeypatch)
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
-def _pid_log(pid_dir: Path, rank: int) -> list[dict]:
-    f = pid_dir / f"rank{rank}.jsonl"
-    if not f.exists():
+def _rank_records(run_uri: str, rank: int) -> list[dict]:
+    """The run folder's worker records of ``rank``, oldest first ([] while unreadable)."""
+    try:
+        return [r for r in worker_records(run_uri) if r["rank"] == rank]
+    except OSError:  # the store hiccuped: ask again at the next poll
         return []
-    out = []
-    for line in f.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # a line being written
-            pass
-    return out
 
 
 def _checkpoints_registered(run_uri: str) -> int:
@@ -248,6 +169,10 @@ def test_two_workers_mlflow_server_and_resume(ray_cluster, mlflow_server, tmp_pa
     assert epochs[-1] == 2 and len(epochs) <= 3  # num_to_keep=2 best + the latest
     _, info = load_checkpoint(r2.last_checkpoint)
     assert info["epoch"] == 2
+    # Every rank recorded every epoch it trained in the run folder (the resume added epoch 2).
+    recs = worker_records(run_uri)
+    assert sorted((rec["rank"], rec["epoch"]) for rec in recs) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert [rec["start_epoch"] for rec in recs if rec["epoch"] == 2] == [2, 2]
     # The LR schedule continued too (restored scheduler state, not restarted warm-up).
     lrs = [m.value for m in c.get_metric_history(r1.mlflow_run_id, "lr")]
     assert lrs == pytest.approx([lr_for(e, cfg3.train) for e in range(3)])
@@ -268,7 +193,6 @@ def test_worker_killed_mid_run_on_s3_finishes_every_epoch(ray_cluster, s3_server
     feats = f"{bucket}/feats"
     write_feature_store(feats)
     run_uri = f"{bucket}/runs/killed"
-    pid_dir = tmp_path / "pids"
     cfg = tiny_cfg(tmp_path, "train.workers=2", "train.epochs=3", "train.max_failures=2")
     killed: dict = {}
 
@@ -277,7 +201,7 @@ def test_worker_killed_mid_run_on_s3_finishes_every_epoch(ray_cluster, s3_server
         # (so the restart must resume from it rather than from scratch).
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and not killed:
-            recs = _pid_log(pid_dir, 1)
+            recs = _rank_records(run_uri, 1)
             if recs and recs[-1]["epoch"] >= 1 and _checkpoints_registered(run_uri) >= 1:
                 os.kill(recs[-1]["pid"], signal.SIGKILL)
                 killed.update(recs[-1], t=time.monotonic())
@@ -289,14 +213,14 @@ def test_worker_killed_mid_run_on_s3_finishes_every_epoch(ray_cluster, s3_server
     t0 = time.monotonic()
     # stream=True: batches come from Ray Data every epoch (the path for stores too big to cache),
     # so the restarted worker group must also re-attach to the dataset shards.
-    r = run_pretrain(feats, run_uri, cfg, pid_dir=str(pid_dir), stream=True)
+    r = run_pretrain(feats, run_uri, cfg, stream=True)
     wall = time.monotonic() - t0
     t.join(timeout=1)
     print(f"\nkill-and-recover run: {wall:.1f} s wall, killed pid {killed.get('pid')} at epoch "
           f"{killed.get('epoch')}, {wall - (killed.get('t', t0) - t0):.1f} s from kill to end")
     assert killed, "the killer never saw rank 1 reach epoch 1"
     assert r.epochs_done == 3
-    after = [rec for rec in _pid_log(pid_dir, 1) if rec["pid"] != killed["pid"]]
+    after = [rec for rec in _rank_records(run_uri, 1) if rec["pid"] != killed["pid"]]
     assert after, "no new rank-1 process after the kill"
     # The restarted worker resumed from a checkpoint (not epoch 0) and did the remaining epochs.
     assert after[0]["start_epoch"] >= 1 and after[0]["epoch"] == after[0]["start_epoch"]

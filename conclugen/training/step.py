@@ -1,0 +1,203 @@
+"""One process's training step: heads, the three losses, online k-means, AdamW and the schedule.
+
+:class:`Stepper` is shared by the Ray Train loop (:mod:`conclugen.training.worker`) and the plain
+PyTorch loop of ``benchmarks/train.py``, so both do exactly the same work per step. Training and
+validation go through the same :meth:`Stepper.run_epoch`: per batch the losses, their weighted
+mean (see docs/method.md, Losses), and one all-reduce of the loss values — global values for
+logging, and a non-finite loss seen by every rank at the same step, so all stop together instead
+of hanging in a collective.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from conclugen.model.distributed import all_reduce_sum, world
+from conclugen.model.heads import ConCluGen, to_sync_batchnorm
+from conclugen.model.kmeans import OnlineKMeans
+from conclugen.model.losses import clustering, combine, mms_contrastive, reconstruction
+from conclugen.training.errors import NonFiniteLossError
+from conclugen.training.schedule import make_scheduler
+
+if TYPE_CHECKING:
+    from conclugen.config import Config
+
+LOSS_NAMES = ("contrastive", "clustering", "reconstruction")
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python, numpy and torch (the same initial weights on every rank)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def cluster_stats(counts: torch.Tensor) -> dict[str, float]:
+    """Occupancy (share of clusters used) and normalised entropy (1 = uniform) of assignments."""
+    total = float(counts.sum())
+    if total <= 0:
+        return {}
+    p = counts / total
+    nz = p[p > 0]
+    k = counts.numel()
+    ent = float(-(nz * nz.log()).sum()) / math.log(k) if k > 1 else 0.0
+    return {"cluster_occupancy": float((counts > 0).double().mean()), "cluster_entropy": ent}
+
+
+class Stepper:
+    """What one process trains with: ``model`` (the heads; ``module`` is what the forward pass runs
+    on — the DDP wrapper after :meth:`wrap`), the loss weights, online k-means (the training
+    queue, and a queue-less one for validation), AdamW and the per-epoch LR schedule."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        input_dims: Mapping[str, int],
+        device: torch.device | str = "cpu",
+        distributed: bool = False,
+        sync_batchnorm: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.distributed = distributed
+        self.world_size = world()[1]
+        self.modalities = list(cfg.model.modalities)
+        self.input_dims = {m: int(input_dims[m]) for m in self.modalities}
+        self.weights = {n: float(getattr(cfg.losses, n)) for n in LOSS_NAMES}
+        self.names = [n for n in LOSS_NAMES if self.weights[n] > 0]  # the losses logged, in order
+        model = ConCluGen.from_config(cfg.model, self.input_dims)
+        # On its device before the optimizer holds its parameters (prepare_model's move is then a no-op).
+        self.model = (to_sync_batchnorm(model) if sync_batchnorm else model).to(self.device)
+        self.module: torch.nn.Module = self.model
+        self.kmeans = self._kmeans(cfg.losses.queue_batches)
+        # Validation clusters each batch on its own, so it never touches the training queue.
+        self.val_kmeans = self._kmeans(0)
+        self.counts = torch.zeros(cfg.model.k, dtype=torch.float64)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, cfg.train)
+
+    def _kmeans(self, queue: int) -> OnlineKMeans:
+        L = self.cfg.losses
+        return OnlineKMeans(
+            self.cfg.model.k, queue_batches=queue, iters=L.kmeans_iters, tol=L.kmeans_tol,
+            schedule=L.kmeans_schedule, refit_every=L.kmeans_refit_every, seed=self.cfg.train.seed,
+            distributed=self.distributed,
+        )
+
+    def wrap(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        """Run the forward pass through ``wrap(model)`` (e.g. Ray Train's DDP ``prepare_model``);
+        the optimizer keeps the model's parameters."""
+        self.module = wrap(self.model)
+
+    def find_unused(self) -> bool:
+        """DDP must tolerate parameters without gradient when a head's loss is (sometimes) off."""
+        return min(self.weights.values()) == 0 or self.cfg.losses.kmeans_start_epoch > 0
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer and scheduler state (the resumable part of a checkpoint payload)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, payload: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (after :meth:`wrap`, which may move the model's device)."""
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+
+    def losses(self, feats: Mapping[str, torch.Tensor], epoch: int, train: bool) -> dict[str, torch.Tensor]:
+        """The active losses of one batch (clustering from ``losses.kmeans_start_epoch`` on)."""
+        L = self.cfg.losses
+        out = self.module(feats)
+        losses: dict[str, torch.Tensor] = {}
+        if self.weights["contrastive"] > 0:
+            losses["contrastive"] = mms_contrastive(out.projections, margin=L.margin, gather=self.distributed)
+        if self.weights["clustering"] > 0 and epoch >= L.kmeans_start_epoch:
+            fused = torch.stack([out.cluster_logits[m] for m in self.modalities]).mean(0).detach()
+            losses["clustering"] = self._clustering(out.cluster_logits, fused, train)
+        if self.weights["reconstruction"] > 0:
+            losses["reconstruction"] = reconstruction(out.reconstructions, feats)
+        return losses
+
+    def _clustering(self, cluster_logits: Mapping[str, torch.Tensor], fused: torch.Tensor, train: bool) -> torch.Tensor:
+        # k-means on NaN/inf input fails obscurely (or hangs a collective): every rank learns
+        # whether any rank has a non-finite vector and all skip together; the NaN loss is then
+        # reported by run_epoch's check with epoch and step.
+        bad = all_reduce_sum((~torch.isfinite(fused).all()).to(torch.float32).reshape(1))
+        if float(bad.item()) > 0:
+            return fused.new_tensor(float("nan"))
+        km = self.kmeans if train else self.val_kmeans
+        if not train:
+            km.reset()
+        centroids, assignments = km(fused)
+        L = self.cfg.losses
+        loss = clustering(cluster_logits, centroids.to(fused.dtype), assignments, mode=L.mode, margin=L.cluster_margin)
+        if train:
+            self.counts += torch.bincount(assignments.long().cpu(), minlength=self.cfg.model.k).double()
+        return loss
+
+    def total(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return combine(losses, self.weights)
+
+    def reduce(self, losses: Mapping[str, torch.Tensor], total: torch.Tensor) -> torch.Tensor:
+        """[each of ``names``, total] averaged over ranks, float64 on CPU (0 for an inactive loss)."""
+        vals = torch.stack([losses[n].detach() if n in losses else total.new_zeros(()) for n in self.names]
+                           + [total.detach()])
+        return all_reduce_sum(vals.double()).cpu() / self.world_size  # on the device: NCCL has no CPU tensors
+
+    def run_epoch(
+        self,
+        batches: Iterable[Mapping[str, torch.Tensor]],
+        epoch: int,
+        train: bool,
+        after_first_step: Callable[[], None] | None = None,
+    ) -> dict[str, float]:
+        """One pass over ``batches``: the mean global losses (``names`` active this epoch, and
+        ``loss``, the total). Training steps the optimizer per batch and the scheduler once at the
+        end, and raises :class:`NonFiniteLossError` (before updating) at a non-finite loss on any
+        rank; validation clusters each batch on its own and records no cluster counts."""
+        if train:
+            self.kmeans.reset()
+            self.counts.zero_()
+        self.module.train(train)
+        sums = torch.zeros(len(self.names) + 1, dtype=torch.float64)
+        n = 0
+        with nullcontext() if train else torch.no_grad():
+            for step, feats in enumerate(batches):
+                losses = self.losses(feats, epoch, train)
+                total = self.total(losses)
+                vals = self.reduce(losses, total)
+                if train:
+                    self._update(total, vals, epoch, step)
+                    if step == 0 and after_first_step is not None:
+                        after_first_step()
+                sums += vals
+                n += 1
+        if train:
+            self.scheduler.step()
+        out = {name: float(sums[i] / n) for i, name in enumerate(self.names)
+               if name != "clustering" or epoch >= self.cfg.losses.kmeans_start_epoch}
+        out["loss"] = float(sums[-1] / n)
+        return out
+
+    def _update(self, total: torch.Tensor, vals: torch.Tensor, epoch: int, step: int) -> None:
+        if not bool(torch.isfinite(vals).all()):
+            bad = ", ".join(f"{n}={v:.4g}" for n, v in zip([*self.names, "total"], vals.tolist(), strict=True))
+            raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, step {step}: {bad}", epoch, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+
+    def cluster_stats(self) -> dict[str, float]:
+        """:func:`cluster_stats` of this epoch's training assignments, summed over ranks."""
+        return cluster_stats(all_reduce_sum(self.counts.to(self.device)).cpu())
