@@ -1,0 +1,1 @@
+"""Stage 4: the linear probe, its baselines, reports, the predict bundle and the ablation (see docs/architecture.md)."""

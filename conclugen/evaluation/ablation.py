@@ -1,6 +1,7 @@
 """`conclugen ablate`: the reference's ablation set, pretrained and probed at equal budget, one table.
 
-Rows (METHOD.md, "Released ablations"; the video-only SimCLR baseline is not part of this set):
+Rows (the reference's released ablations, see docs/method.md, Linear probe; the video-only SimCLR
+baseline is not part of this set):
 
 =============================  ===================================  =====================
 row                            losses                               modalities
@@ -22,7 +23,7 @@ best-validation checkpoint. The baselines (raw backbone features, random heads �
 once, with the first all-modality row's architecture) are added to the table.
 
 Concurrency *(ours)*: each row is one Ray task (``num_cpus=1`` for its probe) that runs
-:func:`conclugen.training.pretrain.run_pretrain` — a Ray Train ``TorchTrainer`` with ``train.workers``
+:func:`conclugen.training.driver.run_pretrain` — a Ray Train ``TorchTrainer`` with ``train.workers``
 workers of ``train.cpus_per_worker`` CPUs — and then :func:`conclugen.evaluation.evaluate.run_evaluate`.
 Rows run at once as far as the cluster's CPUs allow: a row holds
 ``1 + max(workers, 1) × cpus_per_worker`` CPUs plus one CPU of headroom for the Ray Data tasks
@@ -36,7 +37,8 @@ a predict bundle), ``ablation.md``, ``ablation.csv``, ``ablation.json``.
 
 MLflow: one parent run ``ablation`` (the config as params, the table as artifacts, metrics
 ``<row>.test_f1_weighted`` / ``<row>.test_accuracy`` for every row and baseline); each row's
-pretraining run is its child and each row's evaluate run a child of that pretraining run.
+pretraining run is its child and each row's evaluate run a child of that pretraining run. The
+parent run ends FAILED when a row failed.
 """
 
 from __future__ import annotations
@@ -46,13 +48,18 @@ import io
 import json
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conclugen import storage
 from conclugen.config import Config
 from conclugen.errors import ConCluGenError
+from conclugen.evaluation.metrics import HEADLINE
+
+if TYPE_CHECKING:
+    from conclugen.evaluation.probe import ProbeResult
 
 LOSSES = ("contrastive", "clustering", "reconstruction")
 
@@ -175,8 +182,8 @@ class AblationResult:
 # ----------------------------------------------------------------------------- one row
 
 
-def _metrics(res: Any) -> dict[str, float]:
-    return {k: float(res.test_metrics[k]) for k in ("accuracy", "f1_weighted", "precision_weighted", "recall_weighted")}
+def _metrics(res: ProbeResult) -> dict[str, float]:
+    return {k: float(res.test_metrics[k]) for k in HEADLINE}
 
 
 def run_row(
@@ -187,21 +194,22 @@ def run_row(
     ``with_baselines``, the two baselines probed on the same features with this row's architecture."""
     from conclugen.evaluation.encoders import ENCODERS
     from conclugen.evaluation.evaluate import run_evaluate
-    from conclugen.training.pretrain import ensure_ray, run_pretrain
+    from conclugen.runtime import require_ray
+    from conclugen.training.driver import run_pretrain
 
     t0 = time.perf_counter()
     mods = list(cfg.model.modalities)
     base = RowResult(row.name, list(row.losses), mods, "failed")
     try:
-        ensure_ray(cfg)  # no-op inside a task (the worker is connected); lets tests call this directly
-        tags = {"conclugen.evaluation.ablation": row.name, "conclugen.command": "ablate"}
+        require_ray("ablation row")  # inside its Ray task the worker is connected
+        tags = {"conclugen.ablation": row.name, "conclugen.command": "ablate"}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         pre = run_pretrain(features_uri, storage.join(out_dir, row.name, "run"), cfg,
                            run_name=f"ablation/{row.name}", log_model=False, tags=tags)
         encoders = ENCODERS if with_baselines else ("conclugen",)
         ev = run_evaluate(features_uri, pre.best_checkpoint, cfg, storage.join(out_dir, row.name, "eval"),
-                          encoders=encoders, run_name=f"evaluate/{row.name}", tags={"conclugen.evaluation.ablation": row.name})
+                          encoders=encoders, run_name=f"evaluate/{row.name}", tags={"conclugen.ablation": row.name})
     except Exception as e:  # noqa: BLE001 - one failed row must not sink the table
         base.error = f"{type(e).__name__}: {e}"
         base.seconds = time.perf_counter() - t0
@@ -235,6 +243,89 @@ def _select(names: Sequence[str] | None) -> list[AblationRow]:
     return [known[n] for n in names]
 
 
+def _pinned(features_uri: str, out_dir: str, cfg: Config) -> tuple[str, str, str, Config]:
+    """(features URI, output folder, tracking URI, base config) as absolute as a Ray task must see
+    them: a relative workdir would resolve against the worker's directory, and the S3
+    endpoint/credentials are the driver's."""
+    from conclugen import tracking
+    from conclugen.features.extract import resolved_storage
+
+    if storage.is_s3(out_dir):
+        raise AblationError("the ablation output must be a local folder (the rows' checkpoints may go to s3 "
+                            "through --set, the table is written locally)")
+    out = str(Path(out_dir).expanduser().resolve())
+    if not storage.is_s3(features_uri) and not str(features_uri).startswith("file://"):
+        features_uri = str(Path(features_uri).expanduser().resolve())
+    uri = tracking.tracking_uri(cfg)
+    base = cfg.model_copy(update={
+        "workdir": str(Path(cfg.workdir).expanduser().resolve()),
+        "tracking": cfg.tracking.model_copy(update={"uri": uri}),
+        "storage": resolved_storage(cfg.storage),
+    })
+    return features_uri, out, uri, base
+
+
+def _run_rows(
+    selected: Sequence[AblationRow], cfgs: Mapping[str, Config], features_uri: str, out: str,
+    parent: str | None, baseline_row: str | None, parallel: int, say: Any,
+) -> dict[str, list[RowResult]]:
+    """Run the rows as Ray tasks, at most ``parallel`` at once; a task that dies is a failed row."""
+    import ray
+
+    task = ray.remote(num_cpus=1, max_retries=1)(run_row)
+    results: dict[str, list[RowResult]] = {}
+    pending: dict[Any, str] = {}
+    queue = list(selected)
+    while queue or pending:
+        while queue and len(pending) < parallel:
+            r = queue.pop(0)
+            ref = task.remote(features_uri, out, cfgs[r.name], r, parent, r.name == baseline_row)
+            pending[ref] = r.name
+            say(f"ablation: started {r.name}")
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            name = pending.pop(ref)
+            try:
+                results[name] = ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - the task itself died (e.g. out of memory)
+                row = next(x for x in selected if x.name == name)
+                results[name] = [RowResult(name, list(row.losses), list(cfgs[name].model.modalities),
+                                           "failed", error=f"{type(e).__name__}: {e}")]
+            head = results[name][0]
+            say(f"ablation: finished {name}: " + (f"test F1 (w) {head.f1_weighted:.4f}, accuracy "
+                f"{head.accuracy:.4f} [{head.seconds:.0f} s]" if head.status == "ok" else f"FAILED {head.error}"))
+    return results
+
+
+def _write_tables(result: AblationResult, features_uri: str, base: Config, equal_budget: bool) -> list[Path]:
+    """ablation.md, ablation.csv and ablation.json under the result's folder."""
+    out = Path(result.out_dir)
+    (out / "ablation.md").write_text(result.markdown())
+    (out / "ablation.csv").write_text(result.csv_text())
+    (out / "ablation.json").write_text(json.dumps(
+        {"features_uri": features_uri, "parallel": result.parallel, "seconds": result.seconds,
+         "equal_budget": equal_budget, "epochs": base.train.epochs, "batch_size": base.train.batch_size,
+         "seed": base.train.seed, "rows": [asdict(r) for r in result.rows], "mlflow_run_id": result.mlflow_run_id},
+        indent=2))
+    return [out / name for name in ("ablation.md", "ablation.csv", "ablation.json")]
+
+
+def _log_table(uri: str, run_id: str, table: Sequence[RowResult], files: Sequence[Path]) -> None:
+    """``<row>.test_f1_weighted`` / ``<row>.test_accuracy`` for every row and baseline, the tables as artifacts."""
+    from conclugen import tracking
+
+    metrics = {}
+    for r in table:
+        for k in ("f1_weighted", "accuracy"):
+            v = getattr(r, k)
+            if v is not None:
+                metrics[f"{r.name}.test_{k}"] = v
+    tracking.log_metrics(uri, run_id, metrics, step=0)
+    c = tracking.client(uri)
+    for f in files:
+        c.log_artifact(run_id, str(f))
+
+
 def run_ablation(
     features_uri: str,
     out_dir: str,
@@ -248,99 +339,43 @@ def run_ablation(
 ) -> AblationResult:
     """Pretrain + probe each ablation row (all of :data:`ABLATIONS`, or the named ``rows``) on
     ``features_uri`` as concurrent Ray tasks; writes the table under ``out_dir`` and logs it to a
-    parent MLflow run. Ray must be initialised by the caller (CLI / job / test fixture)."""
+    parent MLflow run (FAILED when a row failed). Ray must be initialised by the caller (CLI / job /
+    test fixture)."""
     import ray
 
     from conclugen import tracking
-    from conclugen.features.extract import resolved_storage
-    from conclugen.training.pretrain import check_features
+    from conclugen.training.driver import check_features
 
     say = progress or (lambda s: None)
     t0 = time.perf_counter()
     selected = _select(rows)
-    if storage.is_s3(out_dir):
-        raise AblationError("the ablation output must be a local folder (the rows' checkpoints may go to s3 "
-                            "through --set, the table is written locally)")
-    out = str(Path(out_dir).expanduser().resolve())
-    if not storage.is_s3(features_uri) and not str(features_uri).startswith("file://"):
-        features_uri = str(Path(features_uri).expanduser().resolve())
-    # Pin what a task must see exactly as the driver does: the tracking store (a relative workdir
-    # would resolve against the worker's directory) and the S3 endpoint/credentials.
-    uri = tracking.tracking_uri(cfg)
-    base = cfg.model_copy(update={
-        "workdir": str(Path(cfg.workdir).expanduser().resolve()),
-        "tracking": cfg.tracking.model_copy(update={"uri": uri}),
-        "storage": resolved_storage(cfg.storage),
-    })
+    features_uri, out, uri, base = _pinned(features_uri, out_dir, cfg)
     cfgs = {r.name: row_config(base, r, equal_budget) for r in selected}
     for r in selected:  # every row's modalities must be in the features: fail before any work
         check_features(features_uri, cfgs[r.name])
     Path(out).mkdir(parents=True, exist_ok=True)
 
-    parent = None
-    if log_mlflow:
-        parent = tracking.start_run(base, run_name="ablation", uri=uri, tags={
-            "conclugen.command": "ablate", "conclugen.features_uri": features_uri, "conclugen.out": out,
-            "conclugen.rows": ",".join(r.name for r in selected), "conclugen.equal_budget": str(equal_budget)})
+    tags = {"conclugen.command": "ablate", "conclugen.features_uri": features_uri, "conclugen.out": out,
+            "conclugen.rows": ",".join(r.name for r in selected), "conclugen.equal_budget": str(equal_budget)}
+    opened = tracking.tracked_run(base, run_name="ablation", uri=uri, tags=tags) if log_mlflow else nullcontext()
+    with opened as run:
+        parent = run.run_id if run is not None else None
+        # Baselines ride with the first row that sees every modality of the config.
+        full = [r for r in selected if cfgs[r.name].model.modalities == base.model.modalities]
+        baseline_row = full[0].name if full else None
+        parallel = plan_parallel(base, ray.cluster_resources(), len(selected), max_parallel)
+        say(f"ablation: {len(selected)} rows, {parallel} at a time "
+            f"({max(base.train.workers, 1)} Train worker(s) each), {base.train.epochs} epochs per row")
 
-    # Baselines ride with the first row that sees every modality of the config.
-    full = [r for r in selected if cfgs[r.name].model.modalities == base.model.modalities]
-    baseline_row = full[0].name if full else None
-    parallel = plan_parallel(base, ray.cluster_resources(), len(selected), max_parallel)
-    say(f"ablation: {len(selected)} rows, {parallel} at a time "
-        f"({max(base.train.workers, 1)} Train worker(s) each), {base.train.epochs} epochs per row")
-
-    task = ray.remote(num_cpus=1, max_retries=1)(run_row)
-    results: dict[str, list[RowResult]] = {}
-    pending: dict[Any, str] = {}
-    queue = list(selected)
-    status = "FAILED"
-    try:
-        while queue or pending:
-            while queue and len(pending) < parallel:
-                r = queue.pop(0)
-                ref = task.remote(features_uri, out, cfgs[r.name], r, parent, r.name == baseline_row)
-                pending[ref] = r.name
-                say(f"ablation: started {r.name}")
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                name = pending.pop(ref)
-                try:
-                    results[name] = ray.get(ref)
-                except Exception as e:  # noqa: BLE001 - the task itself died (e.g. out of memory)
-                    row = next(x for x in selected if x.name == name)
-                    results[name] = [RowResult(name, list(row.losses), list(cfgs[name].model.modalities),
-                                               "failed", error=f"{type(e).__name__}: {e}")]
-                head = results[name][0]
-                say(f"ablation: finished {name}: " + (f"test F1 (w) {head.f1_weighted:.4f}, accuracy "
-                    f"{head.accuracy:.4f} [{head.seconds:.0f} s]" if head.status == "ok" else f"FAILED {head.error}"))
+        results = _run_rows(selected, cfgs, features_uri, out, parent, baseline_row, parallel, say)
         table = [results[r.name][0] for r in selected]
         table += [x for r in selected for x in results[r.name][1:]]  # the baselines last
         result = AblationResult(out, table, parallel, time.perf_counter() - t0, parent, uri if parent else None)
         if baseline_row is None:
             result.notes.append("no row uses every modality of the config: baselines left out")
-        (Path(out) / "ablation.md").write_text(result.markdown())
-        (Path(out) / "ablation.csv").write_text(result.csv_text())
-        (Path(out) / "ablation.json").write_text(json.dumps(
-            {"features_uri": features_uri, "parallel": parallel, "seconds": result.seconds,
-             "equal_budget": equal_budget, "epochs": base.train.epochs, "batch_size": base.train.batch_size,
-             "seed": base.train.seed, "rows": [asdict(r) for r in table], "mlflow_run_id": parent}, indent=2))
-        if parent:
-            metrics = {}
-            for r in table:
-                for k in ("f1_weighted", "accuracy"):
-                    v = getattr(r, k)
-                    if v is not None:
-                        metrics[f"{r.name}.test_{k}"] = v
-            tracking.log_metrics(uri, parent, metrics, step=0)
-            c = tracking.client(uri)
-            for name in ("ablation.md", "ablation.csv", "ablation.json"):
-                c.log_artifact(parent, str(Path(out) / name))
-        status = "FINISHED" if all(r.status != "failed" for r in table) else "FAILED"
+        files = _write_tables(result, features_uri, base, equal_budget)
+        if run is not None:
+            _log_table(uri, run.run_id, table, files)
+            if any(r.status == "failed" for r in table):
+                run.status = "FAILED"
         return result
-    finally:
-        if parent:
-            try:
-                tracking.end_run(uri, parent, status)
-            except Exception:  # noqa: BLE001 - never hide the real error
-                pass

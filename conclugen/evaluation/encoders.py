@@ -9,13 +9,13 @@ features (concatenated), and randomly initialised heads of the same architecture
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
 from conclugen.config import ModelConfig
 from conclugen.errors import ConCluGenError
+from conclugen.model.heads import ConCluGen
 
 Encoder = Callable[[dict[str, np.ndarray]], np.ndarray]
 ENCODERS = ("conclugen", "raw_features", "random_heads")
@@ -35,10 +35,12 @@ def raw_features_encoder(modalities: Sequence[str]) -> Encoder:
     return encode
 
 
-def torch_encoder(fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], batch_size: int = 4096) -> Encoder:
+def torch_encoder(
+    fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], batch_size: int = 4096, width: int = 0
+) -> Encoder:
     """Wrap a torch function of per-modality tensors (e.g. frozen heads whose outputs are
     concatenated) as an :data:`Encoder`: batched, under ``torch.no_grad()``, numpy in and out.
-    Put modules in eval mode before wrapping them."""
+    ``width``: the output width of an empty input. Put modules in eval mode before wrapping them."""
 
     def encode(feats: dict[str, np.ndarray]) -> np.ndarray:
         n = len(next(iter(feats.values())))
@@ -50,36 +52,33 @@ def torch_encoder(fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], batch_s
                     for m, a in feats.items()
                 }
                 parts.append(fn(batch).detach().cpu().float().numpy())
-        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
 
     return encode
 
 
-def heads_encoder(model: torch.nn.Module, modalities: Sequence[str], batch: int = 4096) -> Any:
+def heads_encoder(model: ConCluGen, modalities: Sequence[str], batch: int = 4096) -> Encoder:
     """Encoder: the model's per-modality representations (``represent``) concatenated in
-    ``modalities`` order, computed without gradients in batches (memory stays flat)."""
+    ``modalities`` order — the one place representations are concatenated — computed in eval
+    mode without gradients, in batches (memory stays flat)."""
     mods = list(modalities)
+
+    def represent(x: dict[str, torch.Tensor]) -> torch.Tensor:
+        reps = model.represent(x)
+        return torch.cat([reps[m] for m in mods], dim=1)
+
+    batched = torch_encoder(represent, batch, width=len(mods) * int(model.d))
 
     def encode(feats: Mapping[str, np.ndarray]) -> np.ndarray:
         model.eval()
-        n = len(next(iter(feats.values())))
-        out = []
-        with torch.no_grad():
-            for s in range(0, n, batch):
-                x = {m: torch.from_numpy(np.ascontiguousarray(feats[m][s : s + batch], dtype=np.float32)) for m in mods}
-                reps = model.represent(x)
-                out.append(torch.cat([reps[m] for m in mods], dim=1).numpy())
-        d = sum(int(model.d) for _ in mods)
-        return np.concatenate(out, axis=0) if out else np.zeros((0, d), np.float32)
+        return batched({m: feats[m] for m in mods})
 
     return encode
 
 
-def random_heads(model_cfg: ModelConfig, input_dims: Mapping[str, int], seed: int) -> torch.nn.Module:
+def random_heads(model_cfg: ModelConfig, input_dims: Mapping[str, int], seed: int) -> ConCluGen:
     """The checkpoint's architecture with PyTorch's default random init, seeded (own RNG stream,
     so the caller's torch RNG is untouched)."""
-    from conclugen.model.heads import ConCluGen
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ConCluGen.from_config(model_cfg, input_dims)
@@ -87,11 +86,12 @@ def random_heads(model_cfg: ModelConfig, input_dims: Mapping[str, int], seed: in
 
 
 def build_encoders(
-    model: torch.nn.Module, model_cfg: ModelConfig, input_dims: Mapping[str, int], seed: int,
+    model: ConCluGen, model_cfg: ModelConfig, input_dims: Mapping[str, int], seed: int,
     which: Sequence[str] = ENCODERS,
-) -> dict[str, Any]:
+) -> dict[str, Encoder]:
+    """The encoders named in ``which`` (of :data:`ENCODERS`) for the checkpoint's ``model``."""
     mods = list(model.modalities)
-    out: dict[str, Any] = {}
+    out: dict[str, Encoder] = {}
     for name in which:
         if name == "conclugen":
             out[name] = heads_encoder(model, mods)

@@ -1,7 +1,7 @@
 """`conclugen evaluate`: a pretrained checkpoint → linear probes with baselines → reports + MLflow.
 
-Three encoders of the same feature store are probed side by side (METHOD.md, "Downstream
-evaluation"), so the value of pretraining is visible in one table:
+Three encoders of the same feature store are probed side by side (see docs/method.md, Linear
+probe), so the value of pretraining is visible in one table:
 
 - ``conclugen``     the checkpoint's frozen representation heads, per-modality representations
                     concatenated (``len(modalities) × D``);
@@ -9,46 +9,45 @@ evaluation"), so the value of pretraining is visible in one table:
 - ``random_heads``  the same architecture with random weights (seeded: ``cfg.train.seed``).
 
 All three use the checkpoint's modalities. The probe, reports and PNGs come from
-:func:`conclugen.evaluation.probe.evaluate_representations`; the MLflow run is a child of the pretraining run
-(``mlflow.parentRunId`` + ``pretrain_run_id`` tags) when that run exists in the tracking store.
+:func:`conclugen.evaluation.compare.evaluate_representations`; the MLflow run is a child of the
+pretraining run (``mlflow.parentRunId`` + ``pretrain_run_id`` tags) when that run exists in the
+tracking store.
 
 Output folder (``--out``; local or ``s3://``)::
 
     comparison.md / comparison.csv     one row per encoder (test accuracy, weighted P/R/F1)
     <encoder>/                         report.md, report.json, predictions.csv, confusion.png,
                                        map2d.png, probe.npz
-    model/                             the predict bundle: bundle.json, checkpoint.pt (model
-                                       weights and config only), probe.npz (= conclugen/evaluation/probe.npz)
+    model/                             the predict bundle (see conclugen/evaluation/bundle.py)
     evaluate.json                      what was evaluated, where it was logged
-
-The bundle copies the weights because Ray Train rotates checkpoints (``keep_checkpoints``): a
-bundle that only pointed at a checkpoint folder could lose it on the next resume.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from conclugen import storage
-from conclugen.config import Config, ExtractConfig, ModelConfig
+from conclugen import storage, tracking
+from conclugen.config import Config, ModelConfig
 from conclugen.errors import ConCluGenError
+from conclugen.evaluation.bundle import BUNDLE_DIR, write_bundle
+from conclugen.evaluation.compare import evaluate_representations
 from conclugen.evaluation.encoders import ENCODERS, build_encoders
-from conclugen.training.run_folder import inference_payload, load_checkpoint, resolve_checkpoint
+from conclugen.evaluation.metrics import HEADLINE
+from conclugen.evaluation.probe import ProbeResult
+from conclugen.evaluation.probe_tracking import log_probe_results
+from conclugen.features.store import FeatureMeta, check_meta, load_arrays, read_meta
+from conclugen.training.run_folder import load_checkpoint, resolve_checkpoint
 
-BUNDLE_DIR = "model"
-BUNDLE_FILE = "bundle.json"
-BUNDLE_CHECKPOINT = "checkpoint.pt"
-BUNDLE_PROBE = "probe.npz"
+if TYPE_CHECKING:
+    from conclugen.model.heads import ConCluGen
 
 
 class EvaluateError(ConCluGenError, ValueError):
@@ -59,7 +58,7 @@ class EvaluateError(ConCluGenError, ValueError):
 class EvaluateResult:
     out_dir: str
     checkpoint_uri: str
-    results: dict[str, Any]  # encoder → ProbeResult
+    results: dict[str, ProbeResult]  # by encoder
     table_markdown: str
     bundle_uri: str
     pretrain_run_id: str | None = None
@@ -80,7 +79,20 @@ class EvaluateResult:
         return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- checkpoint
+@dataclass
+class _Checkpoint:
+    """The checkpoint under evaluation and what it says about itself."""
+
+    uri: str
+    model: ConCluGen
+    info: dict[str, Any]
+    model_cfg: ModelConfig
+    modalities: list[str]
+    input_dims: dict[str, int]
+
+    @property
+    def pretrain_run_id(self) -> str | None:
+        return self.info.get("mlflow_run_id")
 
 
 def default_out_dir(cfg: Config, ckpt_uri: str) -> str:
@@ -92,17 +104,35 @@ def default_out_dir(cfg: Config, ckpt_uri: str) -> str:
     return str(Path(cfg.workdir) / "evaluate" / name)
 
 
-# ----------------------------------------------------------------------------- MLflow
+def _load_checkpoint(checkpoint_uri: str, cfg: Config) -> _Checkpoint:
+    uri = resolve_checkpoint(checkpoint_uri, cfg.storage)
+    model, info = load_checkpoint(uri, cfg.storage)
+    return _Checkpoint(uri, model, info, ModelConfig.model_validate(info["config"]["model"]),
+                       list(model.modalities), {m: int(v) for m, v in info["input_dims"].items()})
+
+
+def _check_features(features_uri: str, ckpt: _Checkpoint, cfg: Config) -> tuple[FeatureMeta, list[str]]:
+    """The features' meta, checked against the checkpoint (a clear error before any work), and
+    notes on what differs without stopping (other backbones than at pretraining)."""
+    meta = read_meta(features_uri, cfg.storage)
+    check_meta(meta, ckpt.modalities, expected_dims=ckpt.input_dims)
+    notes: list[str] = []
+    trained_meta = ckpt.info.get("meta") or {}
+    trained_bb = {k: v.get("name") for k, v in (trained_meta.get("backbones") or {}).items()}
+    eval_bb = {k: b.name for k, b in meta.backbones.items()}
+    if trained_bb and eval_bb and trained_bb != eval_bb:
+        notes.append(f"the checkpoint was pretrained on features of backbones {trained_bb}, "
+                     f"these features come from {eval_bb}")
+    if not meta.label_space:
+        raise EvaluateError(f"{features_uri} has no label space (an unlabelled corpus cannot be probed)")
+    return meta, notes
 
 
 def _log_mlflow(
-    results: Mapping[str, Any], local_out: Path, cfg: Config, pretrain_run_id: str | None, *, run_name: str,
-    params: Mapping[str, Any], tags: Mapping[str, str],
+    results: Mapping[str, ProbeResult], local_out: Path, cfg: Config, pretrain_run_id: str | None, *,
+    run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
 ) -> tuple[str, str, str | None]:
     """(tracking uri, evaluate run id, parent run id actually used)."""
-    from conclugen import tracking
-    from conclugen.evaluation.probe import log_probe_results
-
     uri = tracking.tracking_uri(cfg)
     parent = None
     if pretrain_run_id:
@@ -112,18 +142,29 @@ def _log_mlflow(
         except Exception:  # noqa: BLE001 - the pretraining was tracked elsewhere: tag only
             parent = None
     tracking.get_or_create_experiment(uri, cfg.tracking.experiment)
-    with tracking.scoped_tracking_uri(uri):  # log_probe_results uses MlflowClient() with the global URI
-        run_id = log_probe_results(results, local_out, parent, run_name=run_name,
-                                   experiment=cfg.tracking.experiment, params=params)
     extra = dict(tags)
     if pretrain_run_id and parent is None:
         extra["conclugen.pretrain_run_id"] = pretrain_run_id  # link kept even across stores
-    if extra:
-        tracking.set_tags(uri, run_id, extra)
+    run_id = log_probe_results(results, local_out, parent, tracking_uri=uri, run_name=run_name,
+                               experiment=cfg.tracking.experiment, params=params, tags=extra)
     return uri, run_id, parent
 
 
-# ----------------------------------------------------------------------------- entry point
+def _summary(features_uri: str, ckpt: _Checkpoint, results: Mapping[str, ProbeResult], notes: list[str]) -> dict:
+    """evaluate.json (without the MLflow run, which is added once logged)."""
+    return {
+        "features_uri": str(features_uri), "checkpoint": ckpt.uri, "epoch": ckpt.info.get("epoch"),
+        "modalities": ckpt.modalities, "encoders": list(results), "pretrain_run_id": ckpt.pretrain_run_id,
+        "test": {n: {k: r.test_metrics[k] for k in HEADLINE} for n, r in results.items()},
+        "notes": notes,
+    }
+
+
+def _mlflow_params(features_uri: str, ckpt: _Checkpoint, cfg: Config) -> dict[str, Any]:
+    return {"evaluate.features_uri": features_uri, "evaluate.checkpoint": ckpt.uri,
+            "evaluate.epoch": ckpt.info.get("epoch"), "evaluate.modalities": ",".join(ckpt.modalities),
+            **{f"probe.{k}": v for k, v in cfg.probe.model_dump().items()},
+            **{f"model.{k}": v for k, v in ckpt.model_cfg.model_dump().items()}}
 
 
 def run_evaluate(
@@ -145,33 +186,14 @@ def run_evaluate(
     (its best checkpoint is used). ``cfg`` gives the probe settings, the seed of the random heads
     and the tracking store; the model shape comes from the checkpoint.
     """
-    from conclugen.evaluation.probe import evaluate_representations
-    from conclugen.features.store import check_meta, load_arrays, read_meta
-
-    ckpt = resolve_checkpoint(checkpoint_uri, cfg.storage)
-    model, info = load_checkpoint(ckpt, cfg.storage)
-    model_cfg = ModelConfig.model_validate(info["config"]["model"])
-    mods = list(model.modalities)
-    input_dims = {m: int(v) for m, v in info["input_dims"].items()}
-
-    meta = read_meta(features_uri, cfg.storage)
-    check_meta(meta, mods, expected_dims=input_dims)  # a clear error before any work
-    notes: list[str] = []
-    trained_meta = info.get("meta") or {}
-    trained_bb = {k: v.get("name") for k, v in (trained_meta.get("backbones") or {}).items()}
-    eval_bb = {k: b.name for k, b in meta.backbones.items()}
-    if trained_bb and eval_bb and trained_bb != eval_bb:
-        notes.append(f"the checkpoint was pretrained on features of backbones {trained_bb}, "
-                     f"these features come from {eval_bb}")
-    if not meta.label_space:
-        raise EvaluateError(f"{features_uri} has no label space (an unlabelled corpus cannot be probed)")
-
-    arrays = load_arrays(features_uri, mods, splits=("train", "val", "test"), cfg=cfg.storage)
+    ckpt = _load_checkpoint(checkpoint_uri, cfg)
+    meta, notes = _check_features(features_uri, ckpt, cfg)
+    arrays = load_arrays(features_uri, ckpt.modalities, splits=("train", "val", "test"), cfg=cfg.storage)
     if not np.any(arrays["split"] == "train"):
         raise EvaluateError(f"{features_uri} has no labelled train rows to fit the probe on")
-    encs = build_encoders(model, model_cfg, input_dims, cfg.train.seed, encoders)
+    encs = build_encoders(ckpt.model, ckpt.model_cfg, ckpt.input_dims, cfg.train.seed, encoders)
 
-    out = out_dir or default_out_dir(cfg, ckpt)
+    out = out_dir or default_out_dir(cfg, ckpt.uri)
     remote = storage.is_s3(out)
     local = Path(tempfile.mkdtemp(prefix="conclugen-eval-")) if remote else Path(storage.resolve(out)[1])
     try:
@@ -180,53 +202,18 @@ def run_evaluate(
             corpus=meta.corpus, cfg=cfg, out_dir=local, map_method=map_method,
         )
         table = (local / "comparison.md").read_text()
-
-        # The predict bundle: weights + config, the conclugen probe, the backbones to re-extract with.
-        bundle_dir = local / BUNDLE_DIR
-        bundle_dir.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        torch.save(inference_payload(ckpt, cfg.storage), buf)
-        (bundle_dir / BUNDLE_CHECKPOINT).write_bytes(buf.getvalue())
-        if "conclugen" in results:
-            shutil.copyfile(local / "conclugen" / "probe.npz", bundle_dir / BUNDLE_PROBE)
-        extract = _bundle_extract(meta, cfg.extract)
-        pretrain_run_id = info.get("mlflow_run_id")
-        bundle = {
-            "version": 1,
-            "checkpoint": BUNDLE_CHECKPOINT,
-            "probe": BUNDLE_PROBE if "conclugen" in results else None,
-            "source_checkpoint": ckpt,
-            "features_uri": str(features_uri),
-            "modalities": mods,
-            "input_dims": input_dims,
-            "label_space": list(meta.label_space),
-            "multilabel": bool(meta.multilabel),
-            "corpus": meta.corpus,
-            "backbones": {k: b.name for k, b in meta.backbones.items()},
-            "backbone_dims": {k: int(b.dim) for k, b in meta.backbones.items()},
-            "extract": json.loads(extract.model_dump_json()),
-            "pretrain_run_id": pretrain_run_id,
-        }
-        (bundle_dir / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2))
-
-        summary = {
-            "features_uri": str(features_uri), "checkpoint": ckpt, "epoch": info.get("epoch"),
-            "modalities": mods, "encoders": list(results), "pretrain_run_id": pretrain_run_id,
-            "test": {n: {k: r.test_metrics[k] for k in ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted")}
-                     for n, r in results.items()},
-            "notes": notes,
-        }
+        write_bundle(local, ckpt.uri, meta, cfg.extract, features_uri=features_uri, modalities=ckpt.modalities,
+                     input_dims=ckpt.input_dims, storage_cfg=cfg.storage, pretrain_run_id=ckpt.pretrain_run_id,
+                     probe_file=local / "conclugen" / "probe.npz" if "conclugen" in results else None)
+        summary = _summary(features_uri, ckpt, results, notes)
         (local / "evaluate.json").write_text(json.dumps(summary, indent=2))
 
         uri = run_id = parent = None
         if log_mlflow:
-            params = {"evaluate.features_uri": features_uri, "evaluate.checkpoint": ckpt,
-                      "evaluate.epoch": info.get("epoch"), "evaluate.modalities": ",".join(mods),
-                      **{f"probe.{k}": v for k, v in cfg.probe.model_dump().items()},
-                      **{f"model.{k}": v for k, v in model_cfg.model_dump().items()}}
             uri, run_id, parent = _log_mlflow(
-                results, local, cfg, pretrain_run_id, run_name=run_name, params=params,
-                tags={"conclugen.command": "evaluate", "conclugen.checkpoint": ckpt,
+                results, local, cfg, ckpt.pretrain_run_id, run_name=run_name,
+                params=_mlflow_params(features_uri, ckpt, cfg),
+                tags={"conclugen.command": "evaluate", "conclugen.checkpoint": ckpt.uri,
                       "conclugen.features_uri": str(features_uri), **dict(tags or {})},
             )
             summary |= {"mlflow_run_id": run_id, "tracking_uri": uri}
@@ -238,17 +225,7 @@ def run_evaluate(
             shutil.rmtree(local, ignore_errors=True)
     out_uri = out if remote else str(local)
     return EvaluateResult(
-        out_dir=out_uri, checkpoint_uri=ckpt, results=results, table_markdown=table,
-        bundle_uri=storage.join(out_uri, BUNDLE_DIR), pretrain_run_id=parent or pretrain_run_id,
+        out_dir=out_uri, checkpoint_uri=ckpt.uri, results=results, table_markdown=table,
+        bundle_uri=storage.join(out_uri, BUNDLE_DIR), pretrain_run_id=parent or ckpt.pretrain_run_id,
         mlflow_run_id=run_id, tracking_uri=uri, notes=notes,
     )
-
-
-def _bundle_extract(meta: Any, extract: ExtractConfig) -> ExtractConfig:
-    """The extraction settings for predict: this config's decoding settings with the backbones the
-    features were made with (from meta.json), so new clips go through the same models."""
-    data = json.loads(extract.model_dump_json())
-    for kind, b in meta.backbones.items():
-        if kind in data["backbones"]:
-            data["backbones"][kind] = b.name
-    return ExtractConfig.model_validate(data)

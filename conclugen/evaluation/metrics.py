@@ -1,4 +1,4 @@
-"""Classification metrics for the linear probe, in plain numpy.
+"""Classification metrics for the linear probe, in plain numpy (see docs/method.md, Linear probe).
 
 They follow scikit-learn's definitions (the tests compare against it) so that figures match the
 reference implementation, which reported ``sklearn.metrics`` with ``average='weighted'``:

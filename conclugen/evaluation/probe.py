@@ -1,11 +1,12 @@
-"""Linear-probe evaluation of frozen representations (METHOD.md, "Downstream evaluation").
+"""Linear-probe evaluation of frozen representations (see docs/method.md, Linear probe).
 
 The classifier is ``Dropout(0.5) → Linear`` (Kaiming-normal weights, zero bias) trained with
 AdamW (lr 0.00967, weight decay 0.004, batch 4096 — ``cfg.probe``) on the frozen, concatenated
 per-modality representations.
 
 - Single-label (CAER, MELD, synthetic): cross-entropy with class weights
-  (:func:`class_weights_for`). The kept state is the epoch with the best **validation accuracy**.
+  (:func:`conclugen.evaluation.class_weights.class_weights_for`). The kept state is the epoch with
+  the best **validation accuracy**.
 - Multi-label (MOSEI): BCE-with-logits with ``pos_weight``, a label is predicted when its
   sigmoid ≥ ``cfg.threshold`` (0.5). The kept state is the epoch with the best **validation
   weighted F1** *(ours)*: exact-match accuracy over 6 labels is dominated by the all-absent
@@ -19,240 +20,29 @@ per-modality representations.
 - No validation rows (a corpus without a dev split): 10% of train is held out, stratified by
   the first label, seeded *(ours)*.
 
-Entry points: :func:`fit_probe` (arrays in, :class:`ProbeResult` out) and
-:func:`evaluate_representations` (several encoders over one feature store, with reports).
+Entry point: :func:`fit_probe` (arrays in, :class:`ProbeResult` out); several encoders over one
+feature store, with reports: :func:`conclugen.evaluation.compare.evaluate_representations`.
 """
 
 from __future__ import annotations
 
 import copy
-import io
-import json
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from conclugen import storage
-from conclugen.config import MELD_EMOTIONS, MOSEI_EMOTIONS, Config, ProbeConfig
-from conclugen.errors import ConCluGenError
-from conclugen.evaluation.encoders import Encoder
+from conclugen.config import ProbeConfig
+from conclugen.evaluation.class_weights import frequency_weights
 from conclugen.evaluation.metrics import compute_metrics
+from conclugen.evaluation.probe_data import ProbeData, ProbeError, drop_unlabeled, encode_targets, holdout_val
+from conclugen.evaluation.probe_model import ProbeModel, decide
 
-# The reference's MELD weights are listed as [4, 15, 15, 3, 1, 6, 3]. Read in METHOD.md's order
-# (neutral, joy, sadness, anger, surprise, fear, disgust) they would give the most frequent class
-# (neutral, 4710 of 9989 training utterances) weight 4 and surprise (1205) weight 1, while fear
-# and disgust (268 and 271, the rarest) would get 6 and 3. Read in **alphabetical** order —
-# the order of sorted class names, as a label encoder produces — they are close to
-# max_count / count of the official train split (anger 4.2, disgust 17.4, fear 17.6, joy 2.7,
-# neutral 1, sadness 6.9, surprise 3.9). So they are keyed by name here, alphabetically.
-MELD_REFERENCE_WEIGHTS: dict[str, float] = {
-    "anger": 4.0,
-    "disgust": 15.0,
-    "fear": 15.0,
-    "joy": 3.0,
-    "neutral": 1.0,
-    "sadness": 6.0,
-    "surprise": 3.0,
-}
-# MOSEI pos_weight as METHOD.md maps them to names (happiness, sadness, anger, fear, disgust,
-# surprise). Unlike MELD's weights this mapping could not be checked against label counts.
-MOSEI_POS_WEIGHT: dict[str, float] = {
-    "happiness": 1.05,
-    "sadness": 5.22,
-    "anger": 5.34,
-    "fear": 19.49,
-    "disgust": 7.04,
-    "surprise": 23.69,
-}
-assert set(MELD_REFERENCE_WEIGHTS) == set(MELD_EMOTIONS)
-assert set(MOSEI_POS_WEIGHT) == set(MOSEI_EMOTIONS)
-
-NON_FEATURE_KEYS = frozenset({"clip_id", "split", "labels", "corpus", "intensities", "gaps"})
-
-
-class ProbeError(ConCluGenError, ValueError):
-    """The probe's inputs are inconsistent (unknown label, wrong shapes, empty split)."""
-
-
-@dataclass
-class ProbeData:
-    """One split: features X float32 [N, F] and per-row label lists (canonical names)."""
-
-    X: np.ndarray
-    labels: list[list[str]]
-    clip_ids: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        self.X = np.asarray(self.X, dtype=np.float32)
-        if self.X.ndim != 2:
-            raise ProbeError(f"X must be [N, F], got shape {self.X.shape}")
-        self.labels = [list(lab) if lab is not None else [] for lab in self.labels]
-        if len(self.labels) != self.X.shape[0]:
-            raise ProbeError(f"{self.X.shape[0]} feature rows but {len(self.labels)} label rows")
-        if self.clip_ids is not None:
-            self.clip_ids = [str(c) for c in self.clip_ids]
-            if len(self.clip_ids) != self.X.shape[0]:
-                raise ProbeError(f"{self.X.shape[0]} feature rows but {len(self.clip_ids)} clip ids")
-
-    def __len__(self) -> int:
-        return int(self.X.shape[0])
-
-    def subset(self, idx: np.ndarray) -> ProbeData:
-        ids = None if self.clip_ids is None else [self.clip_ids[i] for i in idx]
-        return ProbeData(self.X[idx], [self.labels[i] for i in idx], ids)
-
-
-def encode_targets(
-    labels: Sequence[Sequence[str]], label_space: Sequence[str], multilabel: bool
-) -> np.ndarray:
-    """Label lists → int64 class indices [N] (single-label) or a float32 indicator [N, C].
-
-    Single-label rows must hold exactly one label; unknown names stop with a ProbeError.
-    """
-    index = {name: i for i, name in enumerate(label_space)}
-    unknown = sorted({lab for row in labels for lab in row if lab not in index})
-    if unknown:
-        raise ProbeError(f"labels {unknown} are not in the label space {list(label_space)}")
-    if multilabel:
-        y = np.zeros((len(labels), len(label_space)), dtype=np.float32)
-        for i, row in enumerate(labels):
-            for lab in row:
-                y[i, index[lab]] = 1.0
-        return y
-    bad = [i for i, row in enumerate(labels) if len(row) != 1]
-    if bad:
-        raise ProbeError(
-            f"single-label probe: {len(bad)} rows do not hold exactly one label (first: row {bad[0]})"
-        )
-    return np.asarray([index[row[0]] for row in labels], dtype=np.int64)
-
-
-def frequency_weights(
-    train_labels: Sequence[Sequence[str]], label_space: Sequence[str], multilabel: bool
-) -> list[float]:
-    """Weights from the training labels.
-
-    Single-label: ``max_count / count`` (the most frequent class gets 1 — the scale of the MELD
-    reference weights; the loss is a weighted mean, so only ratios matter). Multi-label: the
-    BCE ``pos_weight`` convention ``negatives / positives`` per label. Absent classes get 1.
-    """
-    y = encode_targets(train_labels, label_space, multilabel)
-    if multilabel:
-        pos = y.sum(0, dtype=np.float64)
-        neg = y.shape[0] - pos
-        return [float(n / p) if p > 0 else 1.0 for p, n in zip(pos, neg, strict=True)]
-    counts = np.bincount(y, minlength=len(label_space)).astype(np.float64)
-    top = counts.max() if counts.size else 0.0
-    return [float(top / c) if c > 0 else 1.0 for c in counts]
-
-
-def class_weights_for(
-    corpus: str,
-    label_space: Sequence[str],
-    train_labels: Sequence[Sequence[str]],
-    multilabel: bool | None = None,
-    source: Literal["auto", "reference", "data", "none"] = "auto",
-) -> list[float]:
-    """Loss weights in ``label_space`` order.
-
-    ``auto``: the reference constants where METHOD.md gives them (corpus "meld" with the 7
-    emotions: CE weights; "mosei": BCE pos_weight), else from the training labels (CAER,
-    synthetic, MELD sentiment, anything else). ``reference`` insists on the constants,
-    ``data`` always computes from ``train_labels``, ``none`` gives all ones.
-
-    The synthetic corpus is written in MELD's layout, so its feature store says corpus "meld":
-    callers that know the features are synthetic pass ``corpus="synthetic"`` (or
-    ``source="data"``); the MELD constants encode MELD's imbalance, not the synthetic balance.
-    """
-    name = corpus.lower()
-    space = list(label_space)
-    if multilabel is None:
-        multilabel = name == "mosei"
-    if source == "none":
-        return [1.0] * len(space)
-    if source != "data":
-        if name == "meld" and not multilabel and set(space) == set(MELD_REFERENCE_WEIGHTS):
-            return [MELD_REFERENCE_WEIGHTS[lab] for lab in space]
-        if name == "mosei" and multilabel and set(space) == set(MOSEI_POS_WEIGHT):
-            return [MOSEI_POS_WEIGHT[lab] for lab in space]
-        if source == "reference":
-            raise ProbeError(f"no reference weights for corpus {corpus!r} with labels {space}")
-    return frequency_weights(train_labels, space, multilabel)
-
-
-@dataclass
-class ProbeModel:
-    """The fitted probe as plain arrays: enough to classify new representations without torch."""
-
-    label_space: list[str]
-    multilabel: bool
-    mean: np.ndarray  # [F] training mean (zeros when not standardised)
-    std: np.ndarray  # [F] training std (ones when not standardised)
-    weight: np.ndarray  # [C, F]
-    bias: np.ndarray  # [C]
-    threshold: float = 0.5
-
-    def logits(self, X: np.ndarray) -> np.ndarray:
-        z = (np.asarray(X, dtype=np.float32) - self.mean) / self.std
-        return z @ self.weight.T + self.bias
-
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Softmax over classes (rows sum to 1) or per-label sigmoids (multi-label)."""
-        lo = self.logits(X).astype(np.float64)
-        if self.multilabel:
-            return 1.0 / (1.0 + np.exp(-lo))
-        lo -= lo.max(1, keepdims=True)
-        e = np.exp(lo)
-        return e / e.sum(1, keepdims=True)
-
-    def predict_indices(self, X: np.ndarray) -> np.ndarray:
-        proba = self.predict_proba(X)
-        return (proba >= self.threshold).astype(np.int64) if self.multilabel else proba.argmax(1)
-
-    def predict(self, X: np.ndarray) -> list[list[str]]:
-        idx = self.predict_indices(X)
-        if self.multilabel:
-            return [[self.label_space[j] for j in np.flatnonzero(row)] for row in idx]
-        return [[self.label_space[int(j)]] for j in idx]
-
-    def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        meta = {"label_space": self.label_space, "multilabel": self.multilabel, "threshold": self.threshold}
-        np.savez(
-            buf,
-            mean=self.mean,
-            std=self.std,
-            weight=self.weight,
-            bias=self.bias,
-            meta=np.array(json.dumps(meta)),
-        )
-        return buf.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> ProbeModel:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            return cls(
-                label_space=list(meta["label_space"]),
-                multilabel=bool(meta["multilabel"]),
-                threshold=float(meta["threshold"]),
-                mean=z["mean"],
-                std=z["std"],
-                weight=z["weight"],
-                bias=z["bias"],
-            )
-
-    def save(self, uri: str | Path, storage_cfg: Any = None) -> None:
-        storage.write_bytes(str(uri), self.to_bytes(), storage_cfg)
-
-    @classmethod
-    def load(cls, uri: str | Path, storage_cfg: Any = None) -> ProbeModel:
-        return cls.from_bytes(storage.read_bytes(str(uri), storage_cfg))
+# A linear probe on a few thousand rows is far too small for intra-op threads: on a busy 2-core
+# machine two threads made it ~7x slower than one. Inputs of more values keep the caller's setting.
+_ONE_THREAD_BELOW = 20_000_000
 
 
 @dataclass
@@ -282,12 +72,7 @@ class ProbeResult:
     def test_pred(self) -> list[list[str]]:
         if self.test_proba is None:
             return []
-        if self.multilabel:
-            return [
-                [self.label_space[j] for j in np.flatnonzero(r >= self.model.threshold)]
-                for r in self.test_proba
-            ]
-        return [[self.label_space[int(j)]] for j in self.test_proba.argmax(1)]
+        return self.model.labels_of(self.model.decide(self.test_proba))
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: everything except the weights and per-sample arrays."""
@@ -313,58 +98,73 @@ class ProbeResult:
         }
 
 
-def _holdout_val(train: ProbeData, frac: float, seed: int) -> tuple[ProbeData, ProbeData]:
-    """Stratified (by first label) seeded hold-out from train, at least one row per stratum ≥ 2."""
-    rng = np.random.default_rng(seed)
-    keys = np.asarray([row[0] if row else "" for row in train.labels], dtype=object)
-    val_idx: list[int] = []
-    for k in sorted(set(keys.tolist())):
-        idx = np.flatnonzero(keys == k)
-        rng.shuffle(idx)
-        take = int(round(frac * len(idx))) if len(idx) >= 2 else 0
-        if take == 0 and len(idx) >= 2:
-            take = 1
-        val_idx.extend(idx[:take].tolist())
-    mask = np.zeros(len(train), dtype=bool)
-    mask[val_idx] = True
-    return train.subset(np.flatnonzero(~mask)), train.subset(np.flatnonzero(mask))
+@dataclass
+class _Fit:
+    """What the training loop returns: the best-validation Linear, the curve, its (1-based) epoch
+    and whether the validation loss stopped training early."""
+
+    linear: nn.Linear
+    history: list[dict[str, float]]
+    best_epoch: int
+    stopped_early: bool
 
 
-def _drop_unlabeled(d: ProbeData, name: str, notes: list[str]) -> ProbeData:
-    keep = np.asarray([len(row) > 0 for row in d.labels], dtype=bool)
-    if keep.all():
-        return d
-    notes.append(f"{name}: {int((~keep).sum())} rows without a label left out")
-    return d.subset(np.flatnonzero(keep))
+def _selection(multilabel: bool) -> str:
+    return "f1_weighted" if multilabel else "accuracy"
+
+
+def _train_epoch(
+    model: nn.Module, opt: torch.optim.Optimizer, loss_fn: nn.Module, x: torch.Tensor, t: torch.Tensor,
+    batch_size: int, gen: torch.Generator,
+) -> float:
+    """One shuffled pass over the training rows; returns the mean training loss."""
+    model.train()
+    n = x.shape[0]
+    perm = torch.randperm(n, generator=gen)
+    total, seen = 0.0, 0
+    for start in range(0, n, batch_size):
+        idx = perm[start : start + batch_size]
+        # One full batch: the mean loss ignores row order, so skip the gather copy.
+        xb, tb = (x, t) if n <= batch_size else (x[idx], t[idx])
+        loss = loss_fn(model(xb), tb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    return total / seen
+
+
+def _validate(
+    model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, t: torch.Tensor, y: np.ndarray,
+    label_space: list[str], multilabel: bool, threshold: float,
+) -> tuple[float, dict[str, Any]]:
+    """(validation loss, validation metrics) of the current state."""
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        loss = float(loss_fn(logits, t))
+    scores = torch.sigmoid(logits) if multilabel else logits
+    return loss, compute_metrics(y, decide(scores.numpy(), multilabel, threshold), label_space, multilabel)
 
 
 def _train_linear(
-    x_tr: torch.Tensor,
-    t_tr: torch.Tensor,
-    x_va: torch.Tensor,
-    t_va: torch.Tensor,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
     y_va: np.ndarray,
     loss_fn: nn.Module,
     *,
     label_space: list[str],
     multilabel: bool,
     cfg: ProbeConfig,
-    selection: str,
-) -> tuple[nn.Linear, list[dict[str, float]], int, bool]:
-    """Dropout → Linear trained with AdamW; returns the best-validation Linear, the curve, its
-    (1-based) epoch and whether the validation loss stopped training early."""
-    f, c = x_tr.shape[1], len(label_space)
-
-    def decide(logits: torch.Tensor) -> np.ndarray:
-        if multilabel:
-            return (torch.sigmoid(logits) >= cfg.threshold).numpy().astype(np.int64)
-        return logits.argmax(1).numpy()
-
+) -> _Fit:
+    """Dropout → Linear trained with AdamW, selected on the validation split, early-stopped on its loss."""
+    selection = _selection(multilabel)
     # Own RNG stream: the probe is reproducible per seed and leaves the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
-        model = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(f, c))
+        model = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(train[0].shape[1], len(label_space)))
         nn.init.kaiming_normal_(model[1].weight)
         nn.init.zeros_(model[1].bias)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -373,35 +173,11 @@ def _train_linear(
         best_score, best_epoch, best_state = -np.inf, 0, copy.deepcopy(model.state_dict())
         best_loss, since_best_loss = np.inf, 0
         stopped_early = False
-        n = x_tr.shape[0]
         for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            perm = torch.randperm(n, generator=gen)
-            total, seen = 0.0, 0
-            for start in range(0, n, cfg.batch_size):
-                idx = perm[start : start + cfg.batch_size]
-                # One full batch: the mean loss ignores row order, so skip the gather copy.
-                xb, tb = (x_tr, t_tr) if n <= cfg.batch_size else (x_tr[idx], t_tr[idx])
-                loss = loss_fn(model(xb), tb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(idx)
-                seen += len(idx)
-            model.eval()
-            with torch.no_grad():
-                lv = model(x_va)
-                val_loss = float(loss_fn(lv, t_va))
-            m = compute_metrics(y_va, decide(lv), label_space, multilabel)
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": total / seen,
-                    "val_loss": val_loss,
-                    "val_accuracy": m["accuracy"],
-                    "val_f1_weighted": m["f1_weighted"],
-                }
-            )
+            train_loss = _train_epoch(model, opt, loss_fn, *train, cfg.batch_size, gen)
+            val_loss, m = _validate(model, loss_fn, *val, y_va, label_space, multilabel, cfg.threshold)
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                            "val_accuracy": m["accuracy"], "val_f1_weighted": m["f1_weighted"]})
             if m[selection] > best_score:  # strict: ties keep the earliest epoch (= np.argmax)
                 best_score, best_epoch = m[selection], epoch
                 best_state = copy.deepcopy(model.state_dict())
@@ -414,7 +190,39 @@ def _train_linear(
                     break
 
     model.load_state_dict(best_state)
-    return model[1], history, best_epoch, stopped_early
+    return _Fit(model[1], history, best_epoch, stopped_early)
+
+
+def _clean_splits(
+    train: ProbeData, val: ProbeData, test: ProbeData, multilabel: bool, seed: int, notes: list[str]
+) -> tuple[ProbeData, ProbeData, ProbeData]:
+    """Unlabelled single-label rows dropped, feature counts checked, a validation split held out
+    of train when there is none."""
+    if not multilabel:  # multi-label rows with no label are valid (all absent)
+        train, val, test = (drop_unlabeled(d, n, notes) for d, n in ((train, "train"), (val, "val"), (test, "test")))
+    if len(train) == 0:
+        raise ProbeError("the training split is empty")
+    f = train.X.shape[1]
+    for d, n in ((val, "val"), (test, "test")):
+        if len(d) and d.X.shape[1] != f:
+            raise ProbeError(f"{n} has {d.X.shape[1]} features, train has {f}")
+    if len(val) == 0:
+        train, val = holdout_val(train, 0.1, seed)
+        notes.append(f"no validation rows: held out {len(val)} training rows (10%, stratified) for selection")
+        if len(val) == 0:
+            raise ProbeError("no validation rows and too few training rows to hold any out")
+    return train, val, test
+
+
+def _standardiser(X: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) of the training features, or (0, 1) when not standardising."""
+    f = X.shape[1]
+    if not standardize:
+        return np.zeros(f, np.float32), np.ones(f, np.float32)
+    mean = X.mean(0, dtype=np.float64).astype(np.float32)
+    std = X.std(0, dtype=np.float64).astype(np.float32)
+    std[std < 1e-6] = 1.0  # constant (e.g. dead-ReLU) features: keep them at 0
+    return mean, std
 
 
 def fit_probe(
@@ -433,212 +241,46 @@ def fit_probe(
 
     ``class_weights``: CE weights (single-label) or BCE pos_weight (multi-label) in
     ``label_space`` order; None computes them from the training labels
-    (:func:`frequency_weights`); pass all ones for an unweighted loss. ``num_threads``: torch
-    intra-op threads while training (None: 1 for small inputs, else unchanged).
+    (:func:`~conclugen.evaluation.class_weights.frequency_weights`); pass all ones for an
+    unweighted loss. ``num_threads``: torch intra-op threads while training (None: 1 for small
+    inputs, else unchanged).
     """
     label_space = list(label_space)
     c = len(label_space)
     if c < 2 and not multilabel:
         raise ProbeError("a single-label probe needs at least 2 classes")
     notes: list[str] = []
-    if not multilabel:  # multi-label rows with no label are valid (all absent)
-        train, val, test = (
-            _drop_unlabeled(d, n, notes) for d, n in ((train, "train"), (val, "val"), (test, "test"))
-        )
-    if len(train) == 0:
-        raise ProbeError("the training split is empty")
-    f = train.X.shape[1]
-    for d, n in ((val, "val"), (test, "test")):
-        if len(d) and d.X.shape[1] != f:
-            raise ProbeError(f"{n} has {d.X.shape[1]} features, train has {f}")
-    if len(val) == 0:
-        train, val = _holdout_val(train, 0.1, cfg.seed)
-        notes.append(f"no validation rows: held out {len(val)} training rows (10%, stratified) for selection")
-        if len(val) == 0:
-            raise ProbeError("no validation rows and too few training rows to hold any out")
-
-    y_tr = encode_targets(train.labels, label_space, multilabel)
-    y_va = encode_targets(val.labels, label_space, multilabel)
-    y_te = encode_targets(test.labels, label_space, multilabel)
-    weights = (
-        list(class_weights)
-        if class_weights is not None
-        else frequency_weights(train.labels, label_space, multilabel)
-    )
+    train, val, test = _clean_splits(train, val, test, multilabel, cfg.seed, notes)
+    y_tr, y_va, y_te = (encode_targets(d.labels, label_space, multilabel) for d in (train, val, test))
+    weights = list(class_weights) if class_weights is not None else frequency_weights(
+        train.labels, label_space, multilabel)
     if len(weights) != c:
         raise ProbeError(f"{len(weights)} class weights for {c} classes")
 
-    if standardize:
-        mean = train.X.mean(0, dtype=np.float64).astype(np.float32)
-        std = train.X.std(0, dtype=np.float64).astype(np.float32)
-        std[std < 1e-6] = 1.0  # constant (e.g. dead-ReLU) features: keep them at 0
-    else:
-        mean, std = np.zeros(f, np.float32), np.ones(f, np.float32)
-
-    def prep(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy((x - mean) / std)
-
-    x_tr, x_va = prep(train.X), prep(val.X)
-    t_tr, t_va = torch.from_numpy(y_tr), torch.from_numpy(y_va)
+    mean, std = _standardiser(train.X, standardize)
+    x_tr, x_va = (torch.from_numpy((x - mean) / std) for x in (train.X, val.X))
     w = torch.tensor(weights, dtype=torch.float32)
     loss_fn: nn.Module = nn.BCEWithLogitsLoss(pos_weight=w) if multilabel else nn.CrossEntropyLoss(weight=w)
-    selection = "f1_weighted" if multilabel else "accuracy"
-
-    # A linear probe on a few thousand rows is far too small for intra-op threads: on a busy
-    # 2-core machine two threads made it ~7x slower than one. Large inputs keep the caller's setting.
     prev_threads = torch.get_num_threads()
-    torch.set_num_threads(num_threads or (1 if x_tr.numel() < 20_000_000 else prev_threads))
+    torch.set_num_threads(num_threads or (1 if x_tr.numel() < _ONE_THREAD_BELOW else prev_threads))
     try:
-        lin, history, best_epoch, stopped_early = _train_linear(
-            x_tr,
-            t_tr,
-            x_va,
-            t_va,
-            y_va,
-            loss_fn,
-            label_space=label_space,
-            multilabel=multilabel,
-            cfg=cfg,
-            selection=selection,
-        )
+        fit = _train_linear((x_tr, torch.from_numpy(y_tr)), (x_va, torch.from_numpy(y_va)), y_va, loss_fn,
+                            label_space=label_space, multilabel=multilabel, cfg=cfg)
     finally:
         torch.set_num_threads(prev_threads)
-    probe = ProbeModel(
-        label_space=label_space,
-        multilabel=multilabel,
-        mean=mean,
-        std=std,
-        weight=lin.weight.detach().numpy().copy(),
-        bias=lin.bias.detach().numpy().copy(),
-        threshold=cfg.threshold,
-    )
+    probe = ProbeModel(label_space=label_space, multilabel=multilabel, mean=mean, std=std,
+                       weight=fit.linear.weight.detach().numpy().copy(),
+                       bias=fit.linear.bias.detach().numpy().copy(), threshold=cfg.threshold)
     val_metrics = compute_metrics(y_va, probe.predict_indices(val.X), label_space, multilabel)
     test_proba = probe.predict_proba(test.X) if len(test) else np.zeros((0, c))
-    test_metrics = compute_metrics(
-        y_te, probe.predict_indices(test.X) if len(test) else y_te, label_space, multilabel
-    )
+    test_metrics = compute_metrics(y_te, probe.decide(test_proba) if len(test) else y_te, label_space, multilabel)
     if len(test) == 0:
         notes.append("the test split is empty: test metrics are zeros")
     return ProbeResult(
-        label_space=label_space,
-        multilabel=multilabel,
-        model=probe,
-        best_epoch=best_epoch,
-        epochs_run=len(history),
-        stopped_early=stopped_early,
-        selection_metric=selection,
-        history=history,
-        val_metrics=val_metrics,
-        test_metrics=test_metrics,
-        class_weights=[float(x) for x in weights],
-        n_train=len(train),
-        n_val=len(val),
-        n_test=len(test),
-        standardized=standardize,
-        test_clip_ids=test.clip_ids,
-        test_labels=test.labels,
-        test_proba=test_proba,
+        label_space=label_space, multilabel=multilabel, model=probe, best_epoch=fit.best_epoch,
+        epochs_run=len(fit.history), stopped_early=fit.stopped_early, selection_metric=_selection(multilabel),
+        history=fit.history, val_metrics=val_metrics, test_metrics=test_metrics,
+        class_weights=[float(x) for x in weights], n_train=len(train), n_val=len(val), n_test=len(test),
+        standardized=standardize, test_clip_ids=test.clip_ids, test_labels=test.labels, test_proba=test_proba,
         notes=notes,
     )
-
-
-def feature_arrays(
-    arrays: Mapping[str, Any], modalities: Sequence[str] | None = None
-) -> dict[str, np.ndarray]:
-    """The per-modality [N, dim] arrays of a ``load_arrays`` dict (all of them, or ``modalities``)."""
-    if modalities is not None:
-        missing = [m for m in modalities if m not in arrays]
-        if missing:
-            raise ProbeError(f"arrays have no {missing} (have {sorted(arrays)})")
-        return {m: np.asarray(arrays[m]) for m in modalities}
-    return {
-        k: v
-        for k, v in arrays.items()
-        if k not in NON_FEATURE_KEYS and isinstance(v, np.ndarray) and v.ndim == 2
-    }
-
-
-def evaluate_representations(
-    encoders: Mapping[str, Encoder],
-    arrays: Mapping[str, Any],
-    *,
-    label_space: list[str],
-    multilabel: bool,
-    corpus: str,
-    cfg: Config,
-    out_dir: str | Path,
-    class_weights: list[float] | None = None,
-    map_method: str = "auto",
-) -> dict[str, ProbeResult]:
-    """Probe each encoder's representations of the train/val/test rows of ``arrays``.
-
-    ``encoders`` maps a name ("conclugen", "raw_features", "random_heads", …) to a function of
-    the per-modality arrays {modality: [n, dim]} → [n, F]. Writes ``out_dir/<name>/`` (report.md,
-    report.json, predictions.csv, confusion.png, map2d.png, probe.npz) and
-    ``out_dir/comparison.{md,csv}``; returns the results by name, in the given order.
-    """
-    from conclugen.evaluation.report import write_comparison, write_probe_report
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    split = np.asarray(arrays["split"], dtype=object)
-    labels = [list(x) if x is not None else [] for x in arrays["labels"]]
-    ids = [str(x) for x in arrays["clip_id"]]
-    rows = {s: np.flatnonzero(split == s) for s in ("train", "val", "test")}
-    if rows["train"].size == 0:
-        raise ProbeError("the features hold no train rows")
-    used = np.concatenate([rows["train"], rows["val"], rows["test"]])
-    feats = {k: v[used] for k, v in feature_arrays(arrays).items()}
-    pos: dict[str, np.ndarray] = {}  # row positions of each split inside ``used``
-    start = 0
-    for s in ("train", "val", "test"):
-        pos[s] = np.arange(start, start + len(rows[s]))
-        start += len(rows[s])
-    if class_weights is None:
-        train_labels = [labels[i] for i in rows["train"]]
-        if not multilabel:
-            train_labels = [r for r in train_labels if r]
-        class_weights = class_weights_for(corpus, label_space, train_labels, multilabel)
-
-    results: dict[str, ProbeResult] = {}
-    for name, encode in encoders.items():
-        X = np.asarray(encode(feats), dtype=np.float32)
-        if X.ndim != 2 or X.shape[0] != len(used):
-            raise ProbeError(f"encoder {name!r} returned shape {X.shape}, expected [{len(used)}, F]")
-        data = {
-            s: ProbeData(X[pos[s]], [labels[i] for i in rows[s]], [ids[i] for i in rows[s]])
-            for s in ("train", "val", "test")
-        }
-        res = fit_probe(
-            data["train"],
-            data["val"],
-            data["test"],
-            label_space=label_space,
-            multilabel=multilabel,
-            cfg=cfg.probe,
-            class_weights=class_weights,
-        )
-        res.encoder = name
-        enc_dir = out / name
-        write_probe_report(res, enc_dir, X_test=data["test"].X, map_method=map_method, seed=cfg.probe.seed)
-        res.model.save(enc_dir / "probe.npz")
-        results[name] = res
-    write_comparison(results, out)
-    return results
-
-
-from conclugen.evaluation.report import log_probe_results  # noqa: E402  (re-export: report imports probe lazily)
-
-__all__ = [
-    "ProbeData",
-    "ProbeModel",
-    "ProbeResult",
-    "ProbeError",
-    "class_weights_for",
-    "frequency_weights",
-    "encode_targets",
-    "fit_probe",
-    "evaluate_representations",
-    "feature_arrays",
-    "log_probe_results",
-]

@@ -1,7 +1,7 @@
 """`conclugen predict`: emotions for new video files through the same extraction, heads and probe.
 
 MODEL_URI is the output folder of ``conclugen evaluate`` (or its ``model/`` bundle folder; local
-or ``s3://``). The bundle (see :mod:`conclugen.evaluation.evaluate`) holds the pretrained heads, the fitted
+or ``s3://``). The bundle (see :mod:`conclugen.evaluation.bundle`) holds the pretrained heads, the fitted
 "conclugen" linear probe and the backbone specs the training features were extracted with.
 
 Inputs: video files, folders (every video file below, as the ``folder`` corpus loader lists them)
@@ -10,7 +10,7 @@ and Parquet manifests (``.parquet`` with at least ``video_uri``; ``clip_id``, ``
 
 Pipeline: the extraction's own Ray Data plan (:func:`conclugen.features.extract.build_dataset`: read +
 decode tasks → backbone actors) followed by one more actor pool, :class:`PredictStage`, that turns
-each clip's backbone outputs into its feature row (:func:`conclugen.features.extract.feature_row`, the
+each clip's backbone outputs into its feature row (:func:`conclugen.features.rows.feature_row`, the
 function that writes training features), then representations (pretrained heads) and class
 probabilities (probe) — Ray Data batch inference end to end, whatever the number of clips.
 
@@ -38,66 +38,15 @@ from typing import Any
 import numpy as np
 
 from conclugen import storage
-from conclugen.config import Config, ExtractConfig, StorageConfig
+from conclugen.config import Config, StorageConfig
 from conclugen.errors import ConCluGenError
-
-# ExtractConfig fields that size the work, not what is computed: taken from the predict config.
-RESOURCE_FIELDS = ("decode_batch_size", "backbone_batch_size", "backbone_actors", "num_gpus_per_actor",
-                   "backbone_stages", "backbone_threads", "decode_tasks", "s3_read_retries")
+from conclugen.evaluation.bundle import load_bundle
+from conclugen.evaluation.encoders import heads_encoder
+from conclugen.evaluation.probe_model import ProbeModel
 
 
 class PredictError(ConCluGenError, ValueError):
-    """The model bundle is missing or incomplete, or no input names a video."""
-
-
-@dataclass
-class Bundle:
-    uri: str  # the bundle folder
-    info: dict[str, Any]  # bundle.json
-    payload: dict[str, Any]  # checkpoint.pt (model weights, config, input_dims)
-    probe_bytes: bytes
-
-    @property
-    def label_space(self) -> list[str]:
-        return list(self.info["label_space"])
-
-    @property
-    def multilabel(self) -> bool:
-        return bool(self.info["multilabel"])
-
-    def extract_config(self, current: ExtractConfig) -> ExtractConfig:
-        data = dict(self.info["extract"])
-        cur = json.loads(current.model_dump_json())
-        for k in RESOURCE_FIELDS:
-            data[k] = cur[k]
-        return ExtractConfig.model_validate(data)
-
-
-def bundle_dir(model_uri: str, storage_cfg: StorageConfig | None = None) -> str:
-    """The evaluate output folder → its ``model/`` bundle; a bundle folder as given."""
-    from conclugen.evaluation.evaluate import BUNDLE_DIR, BUNDLE_FILE
-
-    model_uri = str(model_uri).rstrip("/")
-    if storage.exists(storage.join(model_uri, BUNDLE_FILE), storage_cfg):
-        return model_uri
-    inner = storage.join(model_uri, BUNDLE_DIR)
-    if storage.exists(storage.join(inner, BUNDLE_FILE), storage_cfg):
-        return inner
-    raise PredictError(f"{model_uri} holds no model bundle ({BUNDLE_FILE}): pass the output folder of "
-                       "`conclugen evaluate` (or its model/ folder)")
-
-
-def load_bundle(model_uri: str, storage_cfg: StorageConfig | None = None) -> Bundle:
-    import torch
-
-    d = bundle_dir(model_uri, storage_cfg)
-    info = json.loads(storage.read_text(storage.join(d, "bundle.json"), storage_cfg))
-    if not info.get("probe"):
-        raise PredictError(f"{d} has no fitted probe of the conclugen encoder (evaluate ran without it)")
-    payload = torch.load(io.BytesIO(storage.read_bytes(storage.join(d, info["checkpoint"]), storage_cfg)),
-                         map_location="cpu", weights_only=True)
-    probe = storage.read_bytes(storage.join(d, info["probe"]), storage_cfg)
-    return Bundle(uri=d, info=info, payload=payload, probe_bytes=probe)
+    """No input names a video (a missing or incomplete bundle is a BundleError)."""
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -176,26 +125,27 @@ class PredictStage:
     def __init__(self, bundle_uri: str, storage_cfg: StorageConfig | None) -> None:
         import torch
 
-        from conclugen.config import ModelConfig
-        from conclugen.evaluation.probe import ProbeModel
-        from conclugen.model.heads import ConCluGen
-
         torch.set_num_threads(1)  # the heads are small next to the backbones; leave cores to them
         b = load_bundle(bundle_uri, storage_cfg)
-        p = b.payload
-        self.model = ConCluGen.from_config(ModelConfig.model_validate(p["config"]["model"]), p["input_dims"])
-        self.model.load_state_dict(p["model"])
-        self.model.eval()
-        self.probe = ProbeModel.from_bytes(b.probe_bytes)
-        self.modalities = list(self.model.modalities)
-        self.input_dims = {m: int(v) for m, v in p["input_dims"].items()}
+        model = b.model()
+        self.modalities = list(model.modalities)
+        self.encode = heads_encoder(model, self.modalities)
+        self.probe = b.probe()
+        self.input_dims = {m: int(v) for m, v in b.payload["input_dims"].items()}
         self.kind_dims = {k: int(v) for k, v in b.info["backbone_dims"].items()}
 
+    def _assemble(self, r: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """One clip's backbone outputs → (its per-modality feature vectors, its gaps)."""
+        from conclugen.features.rows import feature_row
+
+        f = feature_row(r, self.kind_dims)
+        vecs = {m: np.asarray(f[m], np.float32) for m in self.modalities}
+        for m, v in vecs.items():
+            if v.shape[0] != self.input_dims[m]:
+                raise ValueError(f"{m} vector has {v.shape[0]} values, the model expects {self.input_dims[m]}")
+        return vecs, list(f["gaps"])
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
-        from conclugen.features.extract import feature_row
-
         n = len(batch["clip_id"])
         errors = [""] * n
         probas = ["[]"] * n
@@ -208,23 +158,16 @@ class PredictStage:
                 errors[i] = f"{r['err_stage']}: {r['err']}"
                 continue
             try:
-                f = feature_row(r, self.kind_dims)
-                row_vecs = {m: np.asarray(f[m], np.float32) for m in self.modalities}
-                for m, v in row_vecs.items():
-                    if v.shape[0] != self.input_dims[m]:
-                        raise ValueError(f"{m} vector has {v.shape[0]} values, the model expects {self.input_dims[m]}")
+                row_vecs, row_gaps = self._assemble(r)
             except Exception as e:  # noqa: BLE001 - a bad clip is data
                 errors[i] = f"assemble: {type(e).__name__}: {e}"
                 continue
             for m, v in row_vecs.items():
                 vecs[m].append(v)
-            gaps[i] = json.dumps(list(f["gaps"]))
+            gaps[i] = json.dumps(row_gaps)
             good.append(i)
         if good:
-            with torch.no_grad():
-                reps = self.model.represent({m: torch.from_numpy(np.stack(v)) for m, v in vecs.items()})
-                X = torch.cat([reps[m] for m in self.modalities], dim=1).numpy()
-            P = self.probe.predict_proba(X)
+            P = self.probe.predict_proba(self.encode({m: np.stack(v) for m, v in vecs.items()}))
             for j, i in enumerate(good):
                 probas[i] = json.dumps([float(x) for x in P[j]])
         return {
@@ -310,13 +253,33 @@ def _short(clip_id: str, keep: int = 48) -> str:
     return clip_id if len(clip_id) <= keep else "…" + clip_id[-(keep - 1):]
 
 
-def _decide(p: np.ndarray, labels: list[str], multilabel: bool, threshold: float) -> list[str]:
-    if multilabel:
-        return [lab for lab, x in zip(labels, p, strict=True) if x >= threshold]
-    return [labels[int(np.argmax(p))]]
-
-
 # ----------------------------------------------------------------------------- entry point
+
+
+def _read_predictions(ds: Any, probe: ProbeModel, batch_size: int) -> dict[str, ClipPrediction]:
+    """The stage's output rows → one ClipPrediction per clip id (probabilities, decision, gaps)."""
+    got: dict[str, ClipPrediction] = {}
+    labels = probe.label_space
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=1):
+        for i in range(len(batch["clip_id"])):
+            cid, uri, err = str(batch["clip_id"][i]), str(batch["video_uri"][i]), str(batch["error"][i])
+            if err:
+                got[cid] = ClipPrediction(cid, uri, None, [], error=err)
+                continue
+            p = np.asarray(json.loads(str(batch["proba"][i])), dtype=np.float64)
+            got[cid] = ClipPrediction(
+                cid, uri, {lab: float(x) for lab, x in zip(labels, p, strict=True)},
+                probe.labels_of(probe.decide(p[None]))[0], gaps=json.loads(str(batch["gaps"][i])),
+            )
+    return got
+
+
+def _write(result: PredictResult, out: str, cfg: Config) -> None:
+    result.csv_path = storage.join(out, "predictions.csv")
+    result.json_path = storage.join(out, "predictions.json")
+    storage.makedirs(out, cfg.storage)
+    storage.write_text(result.csv_path, result.to_csv(), cfg.storage)
+    storage.write_text(result.json_path, result.to_json(), cfg.storage)
 
 
 def predict_videos(
@@ -328,47 +291,30 @@ def predict_videos(
 ) -> PredictResult:
     """Class probabilities for every clip of ``inputs`` (files, folders, manifests) with the
     bundle at ``model_uri``; writes ``predictions.csv`` and ``predictions.json`` under ``out``
-    (local or ``s3://``; None: nothing is written). Starts a local Ray if none is running."""
-    from conclugen.evaluation.probe import ProbeModel
-    from conclugen.features.extract import build_dataset, ensure_ray, resolved_storage
+    (local or ``s3://``; None: nothing is written). Ray must be started by the caller (the CLI does)."""
+    import ray
+
+    from conclugen.features.extract import build_dataset, resolved_storage
+    from conclugen.runtime import require_ray
 
     t0 = time.perf_counter()
     bundle = load_bundle(model_uri, cfg.storage)  # fails fast, before Ray or any decoding
-    probe = ProbeModel.from_bytes(bundle.probe_bytes)
+    probe = bundle.probe()
     rows = collect_inputs(inputs, cfg)
     pcfg = cfg.model_copy(update={"extract": bundle.extract_config(cfg.extract)})
-    ensure_ray(pcfg)
+    require_ray("predict")
     wcfg = resolved_storage(cfg.storage)  # workers get the driver's endpoint and credentials
-    import ray
-
     ds = build_dataset(rows, pcfg, wcfg).map_batches(
         PredictStage,
         fn_constructor_kwargs={"bundle_uri": bundle.uri, "storage_cfg": wcfg},
         batch_size=batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
     )
-    got: dict[str, ClipPrediction] = {}
-    labels = bundle.label_space
-    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=1):
-        for i in range(len(batch["clip_id"])):
-            cid, uri, err = str(batch["clip_id"][i]), str(batch["video_uri"][i]), str(batch["error"][i])
-            if err:
-                got[cid] = ClipPrediction(cid, uri, None, [], error=err)
-                continue
-            p = np.asarray(json.loads(str(batch["proba"][i])), dtype=np.float64)
-            got[cid] = ClipPrediction(
-                cid, uri, {lab: float(x) for lab, x in zip(labels, p, strict=True)},
-                _decide(p, labels, bundle.multilabel, probe.threshold), gaps=json.loads(str(batch["gaps"][i])),
-            )
-    clips = []
-    for r in rows:  # input order; a clip the pipeline lost is still reported, never dropped
-        clips.append(got.get(r["clip_id"]) or ClipPrediction(r["clip_id"], r["video_uri"], None, [],
-                                                             error="pipeline: no output for this clip"))
-    result = PredictResult(labels, bundle.multilabel, clips, seconds=time.perf_counter() - t0)
+    got = _read_predictions(ds, probe, batch_size)
+    # Input order; a clip the pipeline lost is still reported, never dropped.
+    clips = [got.get(r["clip_id"]) or ClipPrediction(r["clip_id"], r["video_uri"], None, [],
+                                                     error="pipeline: no output for this clip") for r in rows]
+    result = PredictResult(bundle.label_space, bundle.multilabel, clips, seconds=time.perf_counter() - t0)
     if out:
-        result.csv_path = storage.join(out, "predictions.csv")
-        result.json_path = storage.join(out, "predictions.json")
-        storage.makedirs(out, cfg.storage)
-        storage.write_text(result.csv_path, result.to_csv(), cfg.storage)
-        storage.write_text(result.json_path, result.to_json(), cfg.storage)
+        _write(result, out, cfg)
     return result

@@ -108,7 +108,7 @@ def test_ablate_command_end_to_end(ray_cluster, tmp_path: Path, monkeypatch: pyt
     assert {a.path for a in client.list_artifacts(p.info.run_id)} >= {"ablation.md", "ablation.csv"}
     for t in table[:2]:  # each row's pretraining run is a child of the ablation run …
         pre = client.get_run(t["pretrain_run_id"])
-        assert pre.data.tags["mlflow.parentRunId"] == p.info.run_id and pre.data.tags["conclugen.evaluation.ablation"] == t["row"]
+        assert pre.data.tags["mlflow.parentRunId"] == p.info.run_id and pre.data.tags["conclugen.ablation"] == t["row"]
         assert pre.data.params["model.modalities"] == ('["video", "audio"]' if t["row"] == "contrastive_video_audio"
                                                         else '["video", "audio", "text"]')
         ev = client.get_run(t["evaluate_run_id"])  # … and its evaluate run a child of that

@@ -97,7 +97,7 @@ def test_evaluate_command_end_to_end(ray_cluster, tmp_path: Path, monkeypatch: p
     from mlflow.tracking import MlflowClient
 
     from conclugen.cli import app
-    from conclugen.training.pretrain import run_pretrain
+    from conclugen.training.driver import run_pretrain
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     work = tmp_path / "work"

@@ -11,20 +11,14 @@ import numpy as np
 import pytest
 
 from conclugen.config import MELD_EMOTIONS, MOSEI_EMOTIONS, Config, ProbeConfig
+from conclugen.evaluation.class_weights import MELD_REFERENCE_WEIGHTS, class_weights_for, frequency_weights
+from conclugen.evaluation.compare import evaluate_representations
 from conclugen.evaluation.encoders import raw_features_encoder, torch_encoder
 from conclugen.evaluation.metrics import single_label_metrics
-from conclugen.evaluation.probe import (
-    MELD_REFERENCE_WEIGHTS,
-    ProbeData,
-    ProbeError,
-    ProbeModel,
-    class_weights_for,
-    encode_targets,
-    evaluate_representations,
-    fit_probe,
-    frequency_weights,
-    log_probe_results,
-)
+from conclugen.evaluation.probe import fit_probe
+from conclugen.evaluation.probe_data import ProbeData, ProbeError, encode_targets
+from conclugen.evaluation.probe_model import ProbeModel
+from conclugen.evaluation.probe_tracking import log_probe_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -178,7 +172,7 @@ def test_multilabel_mosei_path() -> None:
 
 
 def test_class_weights() -> None:
-    # MELD: the reference weights are keyed by name (see probe.py); in METHOD.md's label order
+    # MELD: the reference weights are keyed by name (see class_weights.py); in MELD_EMOTIONS' order
     # (neutral, joy, sadness, anger, surprise, fear, disgust) they are [1, 3, 6, 4, 3, 15, 15].
     meld = class_weights_for("meld", list(MELD_EMOTIONS), [])
     assert meld == [1.0, 3.0, 6.0, 4.0, 3.0, 15.0, 15.0]
@@ -345,40 +339,53 @@ def test_evaluate_multilabel_reports(tmp_path: Path) -> None:
 
 
 def test_log_probe_results_links_to_pretraining_run(evaluated: tuple[Path, dict], tmp_path: Path) -> None:
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     out, results = evaluated
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    try:
-        client = MlflowClient()
-        exp = client.create_experiment("probe-test", artifact_location=(tmp_path / "artifacts").as_uri())
-        pretrain = client.create_run(exp, run_name="pretrain").info.run_id
-        run_id = log_probe_results(
-            results, out, pretrain, params={**{f"x.p{i}": i for i in range(150)}, "probe.lr": 0.00967}
-        )
-        run = client.get_run(run_id)
-        assert run.info.experiment_id == exp and run.info.status == "FINISHED"
-        assert (
-            run.data.tags["mlflow.parentRunId"] == pretrain and run.data.tags["pretrain_run_id"] == pretrain
-        )
-        f1 = results["raw_features"].test_metrics["f1_weighted"]
-        assert run.data.metrics["raw_features.test_f1_weighted"] == pytest.approx(f1)
-        assert run.data.params["probe.lr"] == "0.00967" and run.data.params["x.p149"] == "149"
-        top = {a.path for a in client.list_artifacts(run_id)}
-        assert {"comparison.md", "comparison.csv", "raw_features", "video_only"} <= top
-        assert "raw_features/confusion.png" in {a.path for a in client.list_artifacts(run_id, "raw_features")}
-        children = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
-        assert sorted(c.data.tags["encoder"] for c in children) == ["raw_features", "video_only"]
-        child = next(c for c in children if c.data.tags["encoder"] == "raw_features")
-        assert child.data.metrics["test_f1_weighted"] == pytest.approx(f1)
-        assert child.data.tags["pretrain_run_id"] == pretrain
-        curve = client.get_metric_history(child.info.run_id, "curve.val_accuracy")
-        assert len(curve) == results["raw_features"].epochs_run
-        assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"map2d.png", "report.md"}
-    finally:
-        mlflow.set_tracking_uri(previous)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("probe-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    pretrain = client.create_run(exp, run_name="pretrain").info.run_id
+    run_id = log_probe_results(
+        results, out, pretrain, tracking_uri=uri,
+        params={**{f"x.p{i}": i for i in range(150)}, "probe.lr": 0.00967},
+    )
+    run = client.get_run(run_id)
+    assert run.info.experiment_id == exp and run.info.status == "FINISHED"
+    assert (
+        run.data.tags["mlflow.parentRunId"] == pretrain and run.data.tags["pretrain_run_id"] == pretrain
+    )
+    f1 = results["raw_features"].test_metrics["f1_weighted"]
+    assert run.data.metrics["raw_features.test_f1_weighted"] == pytest.approx(f1)
+    assert run.data.params["probe.lr"] == "0.00967" and run.data.params["x.p149"] == "149"
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert {"comparison.md", "comparison.csv", "raw_features", "video_only"} <= top
+    assert "raw_features/confusion.png" in {a.path for a in client.list_artifacts(run_id, "raw_features")}
+    children = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    assert sorted(c.data.tags["encoder"] for c in children) == ["raw_features", "video_only"]
+    child = next(c for c in children if c.data.tags["encoder"] == "raw_features")
+    assert child.data.metrics["test_f1_weighted"] == pytest.approx(f1)
+    assert child.data.tags["pretrain_run_id"] == pretrain
+    curve = client.get_metric_history(child.info.run_id, "curve.val_accuracy")
+    assert len(curve) == results["raw_features"].epochs_run
+    assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"map2d.png", "report.md"}
+
+
+def test_log_probe_results_marks_the_run_failed(evaluated: tuple[Path, dict], tmp_path: Path) -> None:
+    import dataclasses
+
+    from mlflow.tracking import MlflowClient
+
+    out, results = evaluated
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw = results["raw_features"]
+    broken = dataclasses.replace(raw, test_metrics={k: v for k, v in raw.test_metrics.items() if k != "per_class"})
+    with pytest.raises(KeyError, match="per_class"):
+        log_probe_results({"raw_features": broken}, out, None, tracking_uri=uri, experiment="probe-fail")
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("probe-fail").experiment_id])
+    status = {r.data.tags["conclugen.stage"]: r.info.status for r in runs}
+    assert status == {"evaluate": "FAILED", "probe": "FAILED"}  # the run and the encoder's child run
 
 
 @pytest.mark.parametrize("multilabel", [False, True])

@@ -37,7 +37,7 @@ def _store(root: str) -> F.FeatureMeta:
 
 
 def _checkpoint(folder: Path, cfg, meta: F.FeatureMeta) -> str:
-    """A checkpoint folder in the exact format Ray Train workers write (train.save_checkpoint_dir),
+    """A checkpoint folder in the exact format Ray Train workers write (run_folder.save_checkpoint_dir),
     here of freshly initialised heads: predict's job does not depend on what pretraining learned,
     and this keeps a Ray Train run out of this file (test_evaluate covers that path)."""
     from conclugen.model.heads import ConCluGen
@@ -77,7 +77,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_bundle_contents(bundle) -> None:
-    from conclugen.serving.predict import load_bundle
+    from conclugen.evaluation.bundle import load_bundle
 
     out, cfg = bundle
     b = load_bundle(out)
@@ -91,10 +91,11 @@ def test_bundle_contents(bundle) -> None:
 
 def test_predict_synthetic_clip_and_a_broken_file(ray_cluster, bundle, clips: Path, tmp_path: Path) -> None:
     from conclugen.config import ModelConfig
-    from conclugen.evaluation.probe import ProbeModel
-    from conclugen.features.extract import read_and_decode
+    from conclugen.evaluation.bundle import load_bundle
+    from conclugen.evaluation.probe_model import ProbeModel
+    from conclugen.features.decode_stage import read_and_decode
     from conclugen.model.heads import ConCluGen
-    from conclugen.serving.predict import load_bundle, predict_videos
+    from conclugen.serving.predict import predict_videos
 
     out, cfg = bundle
     videos = sorted(clips.rglob("*.mp4"))
@@ -119,7 +120,7 @@ def test_predict_synthetic_clip_and_a_broken_file(ray_cluster, bundle, clips: Pa
     # Recompute clip 0 by hand: decode → offline backbones → heads → probe, outside Ray.
     from conclugen.data.corpora.manifest import row
     from conclugen.features.backbones import load_backbone
-    from conclugen.features.extract import unpack
+    from conclugen.features.rows import unpack
 
     d = read_and_decode(row(str(videos[0]), str(videos[0]), "unlabeled", "predict",
                             transcript="I am so happy today, this is wonderful!"), cfg, cfg.storage)
@@ -159,7 +160,8 @@ def test_predict_command_on_s3_folder(ray_cluster, s3_server, bundle, clips: Pat
 
     from conclugen import storage
     from conclugen.cli import app
-    from conclugen.serving.predict import PredictError, collect_inputs, load_bundle
+    from conclugen.evaluation.bundle import BundleError, load_bundle
+    from conclugen.serving.predict import PredictError, collect_inputs
 
     out, cfg = bundle
     src = storage.join(s3_server.bucket_uri("predict-in"), "clips")
@@ -182,7 +184,7 @@ def test_predict_command_on_s3_folder(ray_cluster, s3_server, bundle, clips: Pat
     for c in js["clips"]:
         assert abs(sum(c["probabilities"].values()) - 1.0) < 1e-6
 
-    with pytest.raises(PredictError, match="no model bundle"):
+    with pytest.raises(BundleError, match="no model bundle"):
         load_bundle(str(tmp_path))
     with pytest.raises(PredictError, match="no video files"):
         collect_inputs([str(tmp_path)], cfg)
