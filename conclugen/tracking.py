@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conclugen import storage
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -132,7 +134,6 @@ def reopen_run(uri: str, run_id: str) -> bool:
     return True
 
 
-
 @dataclass
 class TrackedRun:
     """The run a :func:`tracked_run` block logs to. Set ``status`` to end it other than FINISHED
@@ -162,8 +163,6 @@ def tracked_run(
     ``TrackedRun.status`` (FINISHED unless the block changed it), FAILED when the block raised and
     KILLED on Ctrl-C; a failure to end the run never hides the block's own error.
     """
-    from conclugen import storage
-
     uri = uri or tracking_uri(cfg)
     run: TrackedRun | None = None
     if state_uri and storage.exists(state_uri, cfg.storage):
@@ -192,22 +191,18 @@ def tracked_run(
 # ----------------------------------------------------------------------------- the MLflow model
 
 
-class RepresentationModel:
-    """pyfunc model: per-modality features → per-modality representations.
-
-    Input: a dict modality → float32 array [N, dim] (or a pandas DataFrame whose columns hold one
-    vector per row). Output: a dict modality → float32 array [N, D].
-    """
-
-    # Defined lazily as an mlflow.pyfunc.PythonModel subclass (see _python_model_class) so that
-    # importing this module does not import mlflow.
-
-
 def _python_model_class() -> type:
+    """The pyfunc model class, defined on first use so that importing this module does not
+    import mlflow; it loads the checkpoint through the run folder (which imports nothing of
+    this module)."""
     import mlflow.pyfunc
 
     class ConCluGenRepresentations(mlflow.pyfunc.PythonModel):
-        __doc__ = RepresentationModel.__doc__
+        """pyfunc model: per-modality features → per-modality representations.
+
+        Input: a dict modality → float32 array [N, dim] (or a pandas DataFrame whose columns hold
+        one vector per row). Output: a dict modality → float32 array [N, D].
+        """
 
         def load_context(self, context: Any) -> None:
             from conclugen.training.run_folder import load_checkpoint
@@ -287,8 +282,6 @@ def log_representation_model(
 
 def local_copy(uri: str) -> str:
     """A local file holding the object at ``uri`` (the path itself when already local)."""
-    from conclugen import storage
-
     if not storage.is_s3(uri):
         fs, path = storage.resolve(uri)
         return path

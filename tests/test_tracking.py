@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from conclugen import tracking
@@ -101,3 +103,27 @@ def test_log_metrics_ignores_non_numbers(tmp_path):
     tracking.log_metrics(uri, run.info.run_id, {"a": 1, "s": "text", "b": 2.0}, step=3)  # type: ignore[dict-item]
     got = tracking.client(uri).get_run(run.info.run_id).data.metrics
     assert got == {"a": 1.0, "b": 2.0}
+
+
+def test_tracked_run_records_reopens_and_always_ends(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = _cfg(tmp_path)
+    state = str(tmp_path / "out" / "state.json")
+    with tracking.tracked_run(cfg, run_name="cmd", tags={"k": "v"}, state_uri=state, state_key="parent") as run:
+        assert not run.reopened
+    c = tracking.client(run.uri)
+    assert c.get_run(run.run_id).info.status == "FINISHED" and c.get_run(run.run_id).data.tags["k"] == "v"
+    assert json.loads(open(state).read()) == {"parent": run.run_id, "tracking_uri": run.uri}
+    # The state file's run is reopened (resume), and marked FAILED when the block raises.
+    with pytest.raises(RuntimeError), tracking.tracked_run(cfg, run_name="cmd", state_uri=state,
+                                                           state_key="parent") as again:
+        assert again.reopened and again.run_id == run.run_id
+        assert c.get_run(run.run_id).info.status == "RUNNING"
+        raise RuntimeError("boom")
+    assert c.get_run(run.run_id).info.status == "FAILED"
+    with pytest.raises(KeyboardInterrupt), tracking.tracked_run(cfg, run_name="other") as other:
+        raise KeyboardInterrupt
+    assert c.get_run(other.run_id).info.status == "KILLED"
+    with tracking.tracked_run(cfg, run_name="partial") as partial:
+        partial.status = "FAILED"  # a block may end its run otherwise without raising
+    assert c.get_run(partial.run_id).info.status == "FAILED"

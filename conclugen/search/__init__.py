@@ -1,0 +1,1 @@
+"""Hyperparameter search with Ray Tune around pretraining (see docs/architecture.md)."""

@@ -1,4 +1,4 @@
-"""Hyperparameter search (conclugen/search/tune.py): unit checks of the pieces, then real searches —
+"""Hyperparameter search (conclugen/search/tune.py): the searchers, then real searches —
 Ray Tune + ASHA + Optuna over Ray Train pretraining runs on a tiny feature store, MLflow runs
 checked on a real MLflow server, and a search killed mid-way that resumes under the same name."""
 
@@ -14,61 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from conclugen.config import Config, ConfigError, load_config
-from conclugen.search.space import load_space
-from conclugen.search.tune import (
-    TrialSummary,
-    TuneSummary,
-    flatten_params,
-    objective_metric,
-    plan_concurrency,
-    quantize,
-    trial_config,
-)
+from conclugen.config import load_config
+from conclugen.search.plan import trial_config
+from conclugen.search.space import load_space, trial_params
+from tests.helpers.configs import TINY_MODEL, TINY_TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK = REPO / "tune_spaces" / "quick.yaml"
+# Tiny heads and pretraining, plus a 2-epoch search budget: one Train worker per trial, half a
+# CPU for the trial itself, ASHA's first rung after one epoch, no warm-up.
 TINY = [
-    "model.d=32", "model.p=16", "model.r=16", "model.audio_geu_dim=16",
-    "train.epochs=2", "train.workers=1", "train.batch_size=32", "train.warmup_epochs=0",
-    "probe.epochs=20", "tune.cpus_per_trial=0.5", "tune.grace_period=1",
+    *TINY_MODEL, *TINY_TRAIN, "train.warmup_epochs=0",
+    "train.epochs=2", "train.workers=1", "probe.epochs=20", "tune.cpus_per_trial=0.5", "tune.grace_period=1",
 ]
-
-
-# ----------------------------------------------------------------------------- units
-
-
-def test_plan_concurrency_fits_the_cluster() -> None:
-    cfg = load_config(None, ["tune.max_concurrent=4", "tune.cpus_per_trial=0.5", "train.workers=2",
-                             "train.cpus_per_worker=1"])
-    # each trial holds 0.5 + 2 × 1 = 2.5 CPUs
-    assert plan_concurrency(cfg, {"CPU": 8}) == 3
-    assert plan_concurrency(cfg, {"CPU": 100}) == 4  # capped by tune.max_concurrent
-    assert plan_concurrency(cfg, {"CPU": 1}) == 1  # never below one
-    gpu = load_config(None, ["tune.max_concurrent=8", "tune.gpus_per_trial=1", "train.workers=2"])
-    assert plan_concurrency(gpu, {"CPU": 64, "GPU": 4}) == 2  # 2 workers × 1 GPU per trial
-
-
-def test_quantize_rounds_q_distributions_only() -> None:
-    space = load_space(REPO / "tune_spaces" / "paper.yaml")
-    got = quantize({"losses.contrastive": 0.123456, "train.lr": 0.000123456, "model.k": 8}, space)
-    assert got["losses.contrastive"] == pytest.approx(0.1235)  # q = 1e-4
-    assert got["train.lr"] == 0.000123456  # loguniform: untouched
-    assert got["model.k"] == 8
-    assert quantize(got, space) == got  # idempotent
-    # clipped into [low, high] after rounding
-    assert quantize({"losses.clustering": 1e-9}, space)["losses.clustering"] == pytest.approx(1e-4)
-
-
-def test_flatten_and_trial_config_keep_secrets_and_validate() -> None:
-    assert flatten_params({"losses": {"mode": "joint"}, "train.lr": 0.1}) == {"losses.mode": "joint", "train.lr": 0.1}
-    base = load_config(None, ["storage.secret_access_key=s3cr3t"])
-    cfg = trial_config(base, {"losses.mode": "individual", "model.k": 4})
-    assert cfg.losses.mode == "individual" and cfg.model.k == 4
-    assert cfg.storage.secret_access_key.get_secret_value() == "s3cr3t"
-    assert base.losses.mode == "joint"  # the base is not touched
-    with pytest.raises(ConfigError, match="losses.mode"):
-        trial_config(base, {"losses.mode": "both"})
 
 
 @pytest.mark.parametrize("searcher", ["optuna", "hyperopt"])
@@ -76,14 +34,14 @@ def test_searchers_sample_valid_trial_configs(searcher: str) -> None:
     """Both model-based searchers turn the paper's space into valid configs on the q-grid."""
     pytest.importorskip(searcher)
     from conclugen.search.space import to_tune
-    from conclugen.search.tune import _make_searcher
+    from conclugen.search.tune import make_searcher
 
     cfg = load_config(None, [f"tune.searcher={searcher}"])
     space = load_space(REPO / "tune_spaces" / "paper.yaml")
-    s = _make_searcher(cfg, "probe_f1", "max", 3)
+    s = make_searcher(cfg, "probe_f1", "max", 3)
     s.set_search_properties("probe_f1", "max", to_tune(space))
     for i in range(3):
-        params = quantize(flatten_params(s.suggest(f"t{i}")), space)
+        params = trial_params(s.suggest(f"t{i}"), space)
         assert set(params) == set(space)
         c = trial_config(cfg, params)
         for loss in ("contrastive", "clustering", "reconstruction"):
@@ -92,24 +50,6 @@ def test_searchers_sample_valid_trial_configs(searcher: str) -> None:
         assert c.model.k in (2, 4, 8, 32, 64, 128) and 2 <= c.losses.queue_batches <= 128
         assert 1e-5 <= c.train.lr <= 1e-3 and c.model.d in (1024, 2048, 4096)
     assert s.suggest("t3") is None  # the ConcurrencyLimiter holds a 4th until one completes
-
-
-def test_objective_metric() -> None:
-    assert objective_metric(Config(), has_val=True) == ("probe_f1", "max")
-    loss = load_config(None, ["tune.objective=val_loss"])
-    assert objective_metric(loss, has_val=True) == ("val_loss", "min")
-    assert objective_metric(loss, has_val=False) == ("loss", "min")
-
-
-def test_summary_table_marks_the_best() -> None:
-    a = TrialSummary("t1", {"train.lr": 0.001, "losses.mode": "joint"}, 0.5, "completed", 2, "/x/t1")
-    b = TrialSummary("t2", {"train.lr": 0.01, "losses.mode": "individual"}, None, "error", 0, "/x/t2")
-    s = TuneSummary("s", "/x", "probe_f1", "max", [a, b], a, "/x/best_config.yaml", "p", "u", 2, False, 1.0)
-    lines = s.table().splitlines()
-    assert [c.strip() for c in lines[0].split("|")[1:-1]] == ["trial", "mode", "lr", "probe_f1", "epochs", "status"]
-    assert "t1 ★" in lines[2] and "0.5000" in lines[2] and "completed" in lines[2]
-    assert "t2" in lines[3] and "error" in lines[3] and "★" not in lines[3]
-    assert "best probe_f1 0.5000 (t1)" in s.describe()
 
 
 # ----------------------------------------------------------------------------- real searches
@@ -129,7 +69,7 @@ def _children(client, exp_id: str, parent: str) -> list:
 
 
 @pytest.mark.slow
-def test_quick_search_asha_optuna_nested_mlflow(tmp_path: Path, ray_cluster, mlflow_server) -> None:
+def test_quick_search_asha_optuna_nested_mlflow(tmp_path: Path, ray_cluster, mlflow_server, capsys) -> None:
     from mlflow.tracking import MlflowClient
 
     from conclugen.search.tune import run_tune
@@ -139,6 +79,9 @@ def test_quick_search_asha_optuna_nested_mlflow(tmp_path: Path, ray_cluster, mlf
                              "tracking.experiment=tune-quick", "tune.max_concurrent=2"])
     space = load_space(QUICK)
     summary = run_tune(feats, QUICK, cfg, samples=2, name="quick")
+    # The budget line, before the search: 2 trials of at most 2 epochs (--set beats the space's
+    # fixed epochs), tiny heads, 2 at a time.
+    assert "tune: 2 trials × ≤2 epochs, heads " in capsys.readouterr().out
 
     assert summary.metric == "probe_f1" and summary.mode == "max" and not summary.resumed
     assert len(summary.trials) == 2 and len({t.trial_id for t in summary.trials}) == 2
@@ -287,6 +230,14 @@ def test_cli_stops_on_a_bad_space_or_features_before_ray(tmp_path: Path) -> None
     assert res.exit_code == 1 and "meta.json missing" in res.output
 
 
+def _attempts(trial_json: Path) -> list[int]:
+    """The pids of the processes that ran a trial, from its run folder ([] while being written)."""
+    try:
+        return [int(a["pid"]) for a in json.loads(trial_json.read_text())["attempts"]]
+    except (ValueError, KeyError):
+        return []
+
+
 @pytest.mark.slow
 def test_trial_whose_process_dies_is_retried_and_resumes(tmp_path: Path, ray_cluster, mlflow_server) -> None:
     """SIGKILL the trial's process after its first checkpoint: Tune retries the trial
@@ -298,7 +249,7 @@ def test_trial_whose_process_dies_is_retried_and_resumes(tmp_path: Path, ray_clu
     from conclugen.search.tune import run_tune
 
     feats = _features(tmp_path)
-    work, pids = tmp_path / "work", tmp_path / "pids"
+    work = tmp_path / "work"
     cfg = load_config(None, [*TINY, "train.epochs=3", f"workdir={work}", f"tracking.uri={mlflow_server.uri}",
                              "tracking.experiment=tune-retry"])
     killed: list[int] = []
@@ -307,22 +258,23 @@ def test_trial_whose_process_dies_is_retried_and_resumes(tmp_path: Path, ray_clu
         deadline = time.time() + 600
         while time.time() < deadline and not killed:
             snaps = list((work / "tune" / "retry" / "trials").glob("*/checkpoint_manager_snapshot.json"))
-            files = list(pids.glob("trial-*.pids"))
-            if snaps and files and "checkpoint_" in snaps[0].read_text():
-                pid = int(files[0].read_text().split()[0])
+            files = list((work / "tune" / "retry" / "trials").glob("*/conclugen/trial.json"))
+            pids = _attempts(files[0]) if files else []
+            if snaps and pids and "checkpoint_" in snaps[0].read_text():
+                pid = pids[0]
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             time.sleep(0.2)
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    summary = run_tune(feats, QUICK, cfg, samples=1, name="retry", _pid_dir=str(pids))
+    summary = run_tune(feats, QUICK, cfg, samples=1, name="retry")
     t.join(timeout=1)
     assert killed, "the trial finished before it could be killed"
     (trial,) = summary.trials
     assert trial.status == "completed" and trial.epochs == 3 and trial.objective is not None
-    attempts = Path(pids / f"trial-{trial.trial_id}.pids").read_text().split()
-    assert len(attempts) >= 2 and attempts[0] == str(killed[0])  # a second process ran the trial
+    attempts = _attempts(Path(trial.run_uri) / "conclugen" / "trial.json")
+    assert len(attempts) >= 2 and attempts[0] == killed[0]  # a second process ran the trial
     client = MlflowClient(tracking_uri=mlflow_server.uri)
     exp = client.get_experiment_by_name("tune-retry")
     children = _children(client, exp.experiment_id, summary.parent_run_id)
