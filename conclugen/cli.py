@@ -1,14 +1,26 @@
-"""The ``conclugen`` command. Thin: parse, load the config, call the library."""
+"""The ``conclugen`` command. Thin: parse, load the config, call the library.
+
+Every command goes through :func:`command`: the project's own errors (``ConCluGenError``) end as one
+``error: …`` line on stderr and exit 1 (a bad config or ``--set`` exits 2, before any work), and a
+command that needs Ray calls :func:`use_ray` once its fail-fast checks passed; Ray is then shut down
+when the command ends, if the command started it. ``python -m conclugen`` and ``jobs/*.py`` enter
+through :func:`main`, the same path as the console script.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import sys
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
 from conclugen.config import Config, ConfigError, load_config
+from conclugen.errors import ConCluGenError
 
 app = typer.Typer(
     help="ConCluGen: multimodal self-supervised FER pretraining on Ray.",
@@ -25,6 +37,42 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a config field: section.key=value (repeatable)."),
 ]
 
+P = ParamSpec("P")
+R = TypeVar("R")
+# What the running command must undo when it ends (Ray it started); one per command invocation.
+_CLEANUP: contextvars.ContextVar[ExitStack] = contextvars.ContextVar("conclugen_cli_cleanup")
+
+
+def fail(message: object, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` on stderr; returns the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def command(fn: Callable[P, R]) -> Callable[P, R]:
+    """The one wrapper of every command: project errors → one line and exit 1; Ray it started
+    (:func:`use_ray`) is shut down when the command ends, however it ends."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with ExitStack() as cleanup:
+            token = _CLEANUP.set(cleanup)
+            try:
+                return fn(*args, **kwargs)
+            except ConCluGenError as e:
+                raise fail(e) from None
+            finally:
+                _CLEANUP.reset(token)
+
+    return run
+
+
+def use_ray(cfg: Config) -> None:
+    """Start or join Ray (``runtime.ensure_ray``) for the rest of the running command."""
+    from conclugen.runtime import ray_session
+
+    _CLEANUP.get().enter_context(ray_session(cfg))
+
 
 def _load(
     config: Path | None, overrides: list[str] | None, base: dict | None = None, **extra: object
@@ -35,22 +83,18 @@ def _load(
     try:
         return load_config(config, sets, base=base)
     except ConfigError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _not_built(name: str) -> None:
-    typer.echo(f"error: `conclugen {name}` is not built yet (see the open issues).", err=True)
-    raise typer.Exit(3)
+        raise fail(e, 2) from None
 
 
 @config_app.command("show")
+@command
 def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Print the effective config (defaults ← file ← --set) as YAML, secrets removed."""
     typer.echo(_load(config, set_).to_yaml(), nl=False)
 
 
 @app.command()
+@command
 def synth(
     out: Annotated[str, typer.Argument(help="Output directory or s3:// URI.")],
     clips: Annotated[int, typer.Option(help="Number of clips.")] = 70,
@@ -68,6 +112,7 @@ def synth(
 
 
 @app.command()
+@command
 def extract(
     corpus_root: Annotated[str, typer.Argument(help="Corpus root (path or s3:// URI).")],
     out: Annotated[str, typer.Option("--out", help="Features URI.")],
@@ -77,25 +122,14 @@ def extract(
 ) -> None:
     """Extract per-clip backbone features with Ray Data."""
     cfg = _load(config, set_, **{"corpus.name": corpus})
-    import ray
+    from conclugen.features.extract import run_extract
 
-    from conclugen.data.corpora import CorpusLayoutError
-    from conclugen.features.backbones import BackboneError
-    from conclugen.features.extract import ExtractError, ensure_ray, run_extract
-
-    started = not ray.is_initialized()
-    try:
-        ensure_ray(cfg)
-        run_extract(corpus_root, cfg.corpus.name, out, cfg, progress=typer.echo)
-    except (CorpusLayoutError, BackboneError, ExtractError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    finally:
-        if started and ray.is_initialized():
-            ray.shutdown()
+    use_ray(cfg)
+    run_extract(corpus_root, cfg.corpus.name, out, cfg, progress=typer.echo)
 
 
 @app.command()
+@command
 def pretrain(
     features: Annotated[str, typer.Argument(help="Features URI.")],
     out: Annotated[str, typer.Option("--out", help="Run URI (checkpoints).")],
@@ -106,21 +140,15 @@ def pretrain(
 ) -> None:
     """Pretrain the ConCluGen heads with Ray Train (re-run with the same --out to resume)."""
     cfg = _load(config, set_, **{"train.workers": workers, "train.epochs": epochs})
-    from conclugen.features.store import FeatureStoreError
-    from conclugen.storage import StorageError
-    from conclugen.training.pretrain import PretrainError, check_features, ensure_ray, run_pretrain
+    from conclugen.training.driver import check_features, run_pretrain
 
-    try:
-        check_features(features, cfg)  # fail fast, before Ray starts
-        ensure_ray(cfg)
-        result = run_pretrain(features, out, cfg)
-    except (PretrainError, FeatureStoreError, StorageError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(result.describe())
+    check_features(features, cfg)  # fail fast, before Ray starts
+    use_ray(cfg)
+    typer.echo(run_pretrain(features, out, cfg).describe())
 
 
 @app.command()
+@command
 def evaluate(
     features: Annotated[str, typer.Argument(help="Features URI.")],
     checkpoint: Annotated[
@@ -135,20 +163,13 @@ def evaluate(
     Writes reports, PNGs, the comparison table and a predict bundle (OUT/model);
     logs an MLflow run nested under the pretraining run."""
     cfg = _load(config, set_)
-    from conclugen.evaluation.evaluate import EvaluateError, run_evaluate
-    from conclugen.evaluation.probe import ProbeError
-    from conclugen.features.store import FeatureStoreError
-    from conclugen.storage import StorageError
+    from conclugen.evaluation.evaluate import run_evaluate
 
-    try:
-        result = run_evaluate(features, checkpoint, cfg, out)
-    except (EvaluateError, FeatureStoreError, ProbeError, StorageError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(result.describe())
+    typer.echo(run_evaluate(features, checkpoint, cfg, out).describe())
 
 
 @app.command()
+@command
 def ablate(
     features: Annotated[str, typer.Argument(help="Features URI.")],
     out: Annotated[str, typer.Option("--out", help="Output directory.")],
@@ -161,29 +182,17 @@ def ablate(
 ) -> None:
     """Pretrain + evaluate the reference's ablation set at equal budget; one table."""
     cfg = _load(config, set_)
-    import ray
+    from conclugen.evaluation.ablation import run_ablation
 
-    from conclugen.evaluation.ablation import AblationError, run_ablation
-    from conclugen.features.store import FeatureStoreError
-    from conclugen.storage import StorageError
-    from conclugen.training.pretrain import PretrainError, ensure_ray
-
-    started = not ray.is_initialized()
-    try:
-        ensure_ray(cfg)
-        result = run_ablation(features, out, cfg, rows=rows, max_parallel=parallel, progress=typer.echo)
-    except (AblationError, PretrainError, FeatureStoreError, StorageError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    finally:
-        if started and ray.is_initialized():
-            ray.shutdown()
+    use_ray(cfg)
+    result = run_ablation(features, out, cfg, rows=rows, max_parallel=parallel, progress=typer.echo)
     typer.echo(result.describe())
     if any(r.status == "failed" for r in result.rows):
         raise typer.Exit(1)
 
 
 @app.command()
+@command
 def tune(
     features: Annotated[str, typer.Argument(help="Features URI.")],
     space: Annotated[str, typer.Option("--space", help="Search space YAML.")],
@@ -194,30 +203,24 @@ def tune(
 ) -> None:
     """Hyperparameter search with Ray Tune (re-use --name to resume a search)."""
     cfg = _load(config, set_, **{"tune.samples": samples})
-    from conclugen.features.store import FeatureStoreError
     from conclugen.search.space import load_space
-    from conclugen.search.tune import TuneError, run_tune
-    from conclugen.storage import StorageError
-    from conclugen.training.pretrain import PretrainError, check_features, ensure_ray
+    from conclugen.search.tune import run_tune
+    from conclugen.training.driver import check_features
 
-    try:
-        load_space(space)  # a bad space or bad features stop here, before Ray starts
-        check_features(features, cfg)
-        ensure_ray(cfg)
-        summary = run_tune(features, space, cfg, samples=samples, name=name)
-    except (ConfigError, TuneError, PretrainError, FeatureStoreError, StorageError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    load_space(space)  # a bad space or bad features stop here, before Ray starts
+    check_features(features, cfg)
+    use_ray(cfg)
+    summary = run_tune(features, space, cfg, samples=samples, name=name)
     typer.echo(summary.table())
     typer.echo(summary.describe())
     if summary.best_config_path:
         typer.echo(f"best config: {summary.best_config_path}")
     if summary.best is None:
-        typer.echo("error: no trial produced an objective", err=True)
-        raise typer.Exit(1)
+        raise fail("no trial produced an objective")
 
 
 @app.command()
+@command
 def predict(
     videos: Annotated[list[str], typer.Argument(help="Video files, folders or s3:// URIs.")],
     model: Annotated[str, typer.Option("--model", help="Model URI: an `evaluate` output folder or its model/.")],
@@ -231,27 +234,19 @@ def predict(
 
     Runs as Ray Data batch inference; a file that cannot be read gets an error line."""
     cfg = _load(config, set_)
-    import ray
+    from conclugen.evaluation.bundle import bundle_dir
+    from conclugen.serving.predict import predict_videos
 
-    from conclugen.features.backbones import BackboneError
-    from conclugen.serving.predict import PredictError, predict_videos
-    from conclugen.storage import StorageError
-
-    started = not ray.is_initialized()
-    try:
-        result = predict_videos(videos, model, cfg, out=out or str(Path(cfg.workdir) / "predict"))
-    except (PredictError, BackboneError, StorageError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    finally:
-        if started and ray.is_initialized():
-            ray.shutdown()
+    bundle_dir(model, cfg.storage)  # no bundle there: stop before Ray starts
+    use_ray(cfg)
+    result = predict_videos(videos, model, cfg, out=out or str(Path(cfg.workdir) / "predict"))
     typer.echo(result.table())
     if result.n_ok == 0:
         raise typer.Exit(1)
 
 
 @app.command()
+@command
 def demo(
     workdir: Annotated[str | None, typer.Option(help="Work directory.")] = None,
     clips: Annotated[int, typer.Option(help="Synthetic clips.")] = 350,
@@ -262,11 +257,11 @@ def demo(
     from conclugen.demo import DEMO_BASE, run_demo
 
     cfg = _load(config, set_, base=DEMO_BASE, workdir=workdir)
-
     run_demo(cfg, clips=clips)
 
 
 @app.command()
+@command
 def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
     config: ConfigOpt = None,
@@ -285,15 +280,9 @@ def ui(
     raise typer.Exit(subprocess.call(cmd))
 
 
-def main() -> None:
-    """Console entry: the project's own errors end as one clear line and exit 1, not a traceback."""
-    try:
-        app()
-    except Exception as e:  # the project's own errors only; others re-raised
-        if not type(e).__module__.startswith("conclugen"):
-            raise
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(1)
+def main(args: list[str] | None = None, prog_name: str | None = None) -> None:
+    """Console entry (``conclugen``, ``python -m conclugen``, ``jobs/*.py``)."""
+    app(args=args, prog_name=prog_name)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,12 +2,13 @@
 
 One pydantic model per section, loaded from YAML and overridden by dotted ``--set section.key=value``
 pairs. Unknown keys and bad values stop with an error that names the field. The defaults reproduce
-METHOD.md (the reference implementation's values); choices that are ours are marked *(ours)*.
+docs/method.md (the reference implementation's values); choices that are ours are marked *(ours)*.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -134,7 +135,7 @@ class LossesConfig(Section):
     @model_validator(mode="after")
     def _clustering_needs_contrastive(self) -> LossesConfig:
         if self.clustering > 0 and self.contrastive == 0:
-            raise ValueError("losses.clustering > 0 needs losses.contrastive > 0 (METHOD.md)")
+            raise ValueError("losses.clustering > 0 needs losses.contrastive > 0 (docs/method.md, Losses)")
         if self.contrastive == self.clustering == self.reconstruction == 0:
             raise ValueError("at least one loss weight must be > 0")
         return self
@@ -204,8 +205,6 @@ class Config(Section):
     tracking: TrackingConfig = TrackingConfig()
 
     def tracking_uri(self) -> str:
-        import os
-
         if self.tracking.uri:
             return self.tracking.uri
         if os.environ.get("MLFLOW_TRACKING_URI"):

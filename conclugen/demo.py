@@ -57,7 +57,7 @@ def run_demo(cfg: Config, clips: int = 350, seed: int = 0) -> None:
     _done(t0)
 
     t0 = _step(3, f"pretrain ConCluGen heads (Ray Train, {cfg.train.workers} workers) → {run_dir}")
-    from conclugen.training.pretrain import run_pretrain
+    from conclugen.training.driver import run_pretrain
 
     pre = run_pretrain(str(features_dir), str(run_dir), cfg, run_name="demo")
     print(pre.describe())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import posixpath
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -27,6 +27,10 @@ T = TypeVar("T")
 
 class StorageError(ConCluGenError, OSError):
     """An object could not be read or written; the message names the URI, never a credential."""
+
+
+class StorageNotFoundError(StorageError, FileNotFoundError):
+    """The object to read does not exist (still a ``FileNotFoundError`` for callers)."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ def with_retries(fn: Callable[[], T], what: str, retries: int = 3, delay: float 
             raise
         except OSError as e:
             if attempt == retries or _permanent(e):
-                raise StorageError(f"{what}: {_scrub(str(e))} (after {attempt + 1} tries)") from None
+                raise StorageError(f"{what}: {scrub_secrets(str(e))} (after {attempt + 1} tries)") from None
             time.sleep(delay * (2**attempt))
     raise AssertionError("unreachable")
 
@@ -142,10 +146,12 @@ def _permanent(e: OSError) -> bool:
     return isinstance(e, PermissionError) or any(m in str(e) for m in _PERMANENT_MARKERS)
 
 
-def _scrub(message: str) -> str:
-    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
-        value = os.environ.get(var)
-        if value and len(value) >= 4:
+def scrub_secrets(message: str, secrets: Iterable[str | None] = ()) -> str:
+    """``message`` with the environment's AWS credentials and any of ``secrets`` (e.g. a server's
+    generated keys) replaced by ``<hidden>``: for error messages and log excerpts."""
+    env = (os.environ.get(v) for v in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"))
+    for value in (*env, *secrets):
+        if value and len(value) >= 4:  # a shorter value would mask ordinary text
             message = message.replace(value, "<hidden>")
     return message
 
@@ -171,7 +177,7 @@ def read_bytes(uri: str, cfg: StorageConfig | None = None, retries: int = 3) -> 
     try:
         return with_retries(_read, f"read {uri}", retries)
     except FileNotFoundError:
-        raise FileNotFoundError(f"not found: {uri}") from None
+        raise StorageNotFoundError(f"not found: {uri}") from None
 
 
 def read_text(uri: str, cfg: StorageConfig | None = None) -> str:
@@ -229,12 +235,8 @@ def list_files(uri: str, cfg: StorageConfig | None = None, suffixes: tuple[str, 
             continue
         if suffixes and not i.path.lower().endswith(tuple(s.lower() for s in suffixes)):
             continue
-        out.append(_to_uri(uri, i.path))
+        out.append(to_uri(uri, i.path))
     return sorted(out)
-
-
-def iter_files(uri: str, cfg: StorageConfig | None = None) -> Iterator[str]:
-    yield from list_files(uri, cfg)
 
 
 def delete(uri: str, cfg: StorageConfig | None = None) -> None:
@@ -258,14 +260,11 @@ def upload_dir(local_dir: str | Path, uri: str, cfg: StorageConfig | None = None
     return n
 
 
-def _to_uri(base_uri: str, fs_path: str) -> str:
+def to_uri(base_uri: str, fs_path: str) -> str:
+    """A path inside the filesystem that :func:`resolve` gave for ``base_uri`` → a URI of the same
+    kind (``s3://…``, ``file://…`` or a plain path)."""
     if is_s3(base_uri):
-        return "s3://" + fs_path
+        return "s3://" + fs_path.lstrip("/")
     if base_uri.startswith("file://"):
         return "file://" + fs_path
     return fs_path
-
-
-def pyarrow_fs(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
-    """Alias of :func:`resolve`, for Ray Data's ``filesystem=`` arguments."""
-    return resolve(uri, cfg)

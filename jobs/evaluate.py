@@ -12,7 +12,7 @@ from pathlib import Path
 # put the repo root first so its conclugen/ is imported, not an older installed copy.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conclugen.cli import app  # noqa: E402
+from conclugen.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    app(["evaluate", *sys.argv[1:]], prog_name="jobs/evaluate.py")
+    main(["evaluate", *sys.argv[1:]], prog_name="jobs/evaluate.py")

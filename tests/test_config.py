@@ -1,4 +1,4 @@
-"""Config: defaults reproduce METHOD.md, overrides, errors name the field, secrets never echo."""
+"""Config: defaults reproduce docs/method.md, overrides, errors name the field, secrets never echo."""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ import yaml
 
 from conclugen import storage
 from conclugen.config import Config, ConfigError, StorageConfig, load_config
-from conclugen.devtools.services import S3Server
+from conclugen.devtools.s3 import S3Server
+from conclugen.errors import ConCluGenError
 
 KINDS = ["local", "file", pytest.param("s3", marks=pytest.mark.s3)]
 
@@ -113,6 +114,20 @@ def test_missing_file_names_uri(root: str) -> None:
     with pytest.raises(FileNotFoundError) as err:
         storage.read_bytes(uri)
     assert uri in str(err.value)
+    assert isinstance(err.value, ConCluGenError)  # the CLI reports it as one `error:` line
+
+
+def test_to_uri_keeps_the_kind() -> None:
+    assert storage.to_uri("s3://bucket/run", "bucket/run/ckpt") == "s3://bucket/run/ckpt"
+    assert storage.to_uri("s3://bucket/run", "/bucket/run/ckpt") == "s3://bucket/run/ckpt"
+    assert storage.to_uri("file:///data/run", "/data/run/ckpt") == "file:///data/run/ckpt"
+    assert storage.to_uri("/data/run", "/data/run/ckpt") == "/data/run/ckpt"
+
+
+def test_scrub_secrets_hides_env_and_given_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAENVKEY")
+    out = storage.scrub_secrets("key AKIAENVKEY, generated gen-secret-1, short ab", ["gen-secret-1", "ab", None])
+    assert out == "key <hidden>, generated <hidden>, short ab"  # values under 4 characters stay
 
 
 def test_bad_scheme() -> None:

@@ -10,4 +10,4 @@ py="${PYTHON:-$here/.venv/bin/python}"
 [ -x "$py" ] || py=python3
 shift || true
 cd "$here"
-exec "$py" -m conclugen.devtools.services start --dir "$dir" "$@"
+exec "$py" -m conclugen.devtools start --dir "$dir" "$@"

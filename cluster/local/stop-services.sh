@@ -6,4 +6,4 @@ dir="${1:-$here/.services}"
 py="${PYTHON:-$here/.venv/bin/python}"
 [ -x "$py" ] || py=python3
 cd "$here"
-exec "$py" -m conclugen.devtools.services stop --dir "$dir"
+exec "$py" -m conclugen.devtools stop --dir "$dir"

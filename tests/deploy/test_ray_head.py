@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.ray_head import REPO, RayHead, start_ray_head
+from tests.helpers.sockets import listening, not_loopback, process_tree
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,16 @@ def test_head_runs_a_submitted_job(ray_head: RayHead, tmp_path: Path) -> None:
     assert status == "SUCCEEDED", logs
     assert "PAYLOAD hello-from-working-dir" in logs
     assert "CPUS 2.0" in logs  # the job's driver joined this head (num_cpus=2), not a new local Ray
+
+
+@pytest.mark.slow
+def test_head_listens_on_loopback_only(ray_head: RayHead) -> None:
+    """Every socket of the head's processes (GCS, raylet, dashboard, agents, client server) is on
+    loopback: the test head accepts no connection from another host."""
+    addrs = listening(process_tree(ray_head.proc.pid))
+    assert {"gcs_server", "raylet"} <= {n for n, _, _ in addrs}
+    assert any(n == "gcs_server" and port == ray_head.gcs_port for n, _, port in addrs)
+    assert not not_loopback(addrs), not_loopback(addrs)
 
 
 @pytest.mark.slow

@@ -12,12 +12,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conclugen.training.run_folder import find_checkpoints, load_checkpoint
+from tests.helpers.configs import TINY
 from tests.helpers.features import write_feature_store
 from tests.helpers.ray_head import start_ray_head
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["model.d=32", "model.p=16", "model.r=16", "model.k=4", "train.batch_size=32", "train.workers=1",
-        "losses.queue_batches=2", "train.lr=1e-3", "train.warmup_epochs=1"]
+SETS = [*TINY, "train.workers=1"]
 
 
 @pytest.mark.slow
@@ -26,7 +26,7 @@ def test_pretrain_job_on_a_real_head(s3_server, mlflow_server, tmp_path: Path) -
     bucket = s3_server.bucket_uri("rayjobs")
     feats, run_uri = f"{bucket}/features", f"{bucket}/runs/job1"
     write_feature_store(feats, splits={"train": 96, "val": 32})
-    sets = [a for s in TINY + [f"workdir={tmp_path / 'work'}"] for a in ("--set", s)]
+    sets = [a for s in [*SETS, f"workdir={tmp_path / 'work'}"] for a in ("--set", s)]
     t0 = time.monotonic()
     # The head copies this process's environment (the S3 endpoint and credentials of the
     # SeaweedFS fixture) to its jobs, as a cluster node's environment would.

@@ -68,8 +68,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def free_port_block(n: int, lo: int = 20000, hi: int = 60000) -> int:
-    """First port of ``n`` consecutive free ports (Ray's worker port range)."""
+def free_port_block(n: int, lo: int = 20000, hi: int = 32000) -> int:
+    """First port of ``n`` consecutive free ports (Ray's worker port range). Below Linux's
+    ephemeral range (32768+), so that no port the kernel hands out later (``free_port``, any
+    client socket) can fall inside the block."""
     for _ in range(200):
         base = random.randrange(lo, hi - n)
         if all(_port_free(p) for p in range(base, base + n)):
@@ -197,6 +199,9 @@ def _private_env(root: Path, auth: str, extra_env: dict[str, str] | None) -> dic
         TMPDIR=str(tmp),
         RAY_AUTH_MODE=auth,
         RAY_USAGE_STATS_ENABLED="0",
+        # Ray rewrites --node-ip-address=127.0.0.1 to the routable address (and then listens on
+        # every interface) unless in its single-node mode, as conclugen.runtime.start_local_ray.
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
         # The job entrypoint runs `python` through a shell on the head: make it this venv's.
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )
@@ -222,16 +227,21 @@ def start_ray_head(num_cpus: int = 2, object_store_bytes: int = 300_000_000, aut
     # Short path: Ray's unix sockets live under --temp-dir and must stay < 108 chars.
     root = Path(tempfile.mkdtemp(prefix="rayh-", dir="/tmp"))
     env = _private_env(root, auth, extra_env)
-    gcs, dash = free_port(), free_port()
     wbase = free_port_block(40)
+    ports: list[int] = []
+    while len(ports) < 9:  # distinct: the kernel may hand out a port again once it is released
+        p = free_port()
+        if p not in ports and not wbase <= p < wbase + 40:
+            ports.append(p)
+    gcs, dash, agent_http, agent_grpc, client, runtime_env, metrics, node_manager, object_manager = ports
     cmd = [
         RAY, "start", "--head", "--block",
         "--node-ip-address=127.0.0.1", f"--port={gcs}",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-        f"--ray-client-server-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-        f"--metrics-export-port={free_port()}", f"--node-manager-port={free_port()}",
-        f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--ray-client-server-port={client}", f"--runtime-env-agent-port={runtime_env}",
+        f"--metrics-export-port={metrics}", f"--node-manager-port={node_manager}",
+        f"--object-manager-port={object_manager}",
         f"--min-worker-port={wbase}", f"--max-worker-port={wbase + 39}",
         f"--num-cpus={num_cpus}", f"--object-store-memory={object_store_bytes}",
         f"--temp-dir={root / 'tmp'}", "--disable-usage-stats",
