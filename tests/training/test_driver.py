@@ -201,12 +201,14 @@ def test_worker_killed_mid_run_on_s3_finishes_every_epoch(ray_cluster, s3_server
         # (so the restart must resume from it rather than from scratch).
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and not killed:
-            recs = _rank_records(run_uri, 1)
-            if recs and recs[-1]["epoch"] >= 1 and _checkpoints_registered(run_uri) >= 1:
+            # One small read per poll until the checkpoint is there; only then list the records
+            # (listing and reading them all every poll would load the S3 server and the 2 cores).
+            recs = _rank_records(run_uri, 1) if _checkpoints_registered(run_uri) >= 1 else []
+            if recs and recs[-1]["epoch"] >= 1:
                 os.kill(recs[-1]["pid"], signal.SIGKILL)
                 killed.update(recs[-1], t=time.monotonic())
                 return
-            time.sleep(0.05)
+            time.sleep(0.1)
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
