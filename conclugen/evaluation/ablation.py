@@ -206,7 +206,8 @@ def run_row(
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         pre = run_pretrain(features_uri, storage.join(out_dir, row.name, "run"), cfg,
-                           run_name=f"ablation/{row.name}", log_model=False, tags=tags)
+                           run_name=f"ablation/{row.name}", log_model=False, tags=tags,
+                           lock_output=False)  # the row's own folder; a retried task may run on another node
         encoders = ENCODERS if with_baselines else ("conclugen",)
         ev = run_evaluate(features_uri, pre.best_checkpoint, cfg, storage.join(out_dir, row.name, "eval"),
                           encoders=encoders, run_name=f"evaluate/{row.name}", tags={"conclugen.ablation": row.name})

@@ -296,7 +296,7 @@ def _start_pretraining(ctx: TrialContext, cfg: Config, run_uri: str, trial_id: s
         try:
             box["result"] = run_pretrain(ctx.features_uri, run_uri, cfg, run_name=f"{ctx.name}/{trial_id}",
                                          log_model=False, tags=tags, callbacks=[forward_reports(mailbox)],
-                                         datasets=ctx.datasets)
+                                         datasets=ctx.datasets, lock_output=False)  # Tune owns the folder
         except BaseException as e:  # noqa: BLE001 - re-raised in the trial's thread
             box["error"] = e
         finally:

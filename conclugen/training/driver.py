@@ -13,6 +13,7 @@ described in :mod:`conclugen.training.run_folder`. A non-finite loss is raised h
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -197,6 +198,7 @@ def run_pretrain(
     callbacks: list[Any] | None = None,
     datasets: Mapping[str, Any] | None = None,
     stream: bool | None = None,
+    lock_output: bool = True,
 ) -> PretrainResult:
     """Pretrain the heads on the features at ``features_uri_``; checkpoints under ``run_uri``.
 
@@ -208,7 +210,10 @@ def run_pretrain(
     them) shared by many runs, instead of reading the store again (Tune trials). ``stream``:
     None = features under a quarter of the object store are materialised and each worker caches
     its shard in memory, larger ones stream through Ray Data every epoch; True/False force
-    streaming / caching.
+    streaming / caching. ``lock_output``: hold ``run_uri``'s output lock (:mod:`conclugen.locks`) so
+    that a second run into the same folder is refused; callers that own a fresh folder per run and
+    retry it elsewhere after a lost process (Tune trials, ablation rows, possibly on another host
+    where a dead holder cannot be proven dead) pass False.
     """
     t_start = time.perf_counter()
     meta, counts = check_features(features_uri_, cfg)  # before any cluster work
@@ -218,7 +223,8 @@ def run_pretrain(
     storage.ensure_bucket(run_uri, cfg.storage)
     input_dims = {m: int(meta.dims[m]) for m in cfg.model.modalities}
     _check_same_model(run_uri, cfg, input_dims)
-    with output_lock(run_uri, "pretrain", cfg.storage):  # two runs into one folder would mix checkpoints
+    lock = output_lock(run_uri, "pretrain", cfg.storage) if lock_output else contextlib.nullcontext()
+    with lock:  # two runs into one folder would mix their checkpoints
         clear_worker_error(run_uri, cfg.storage)
         result = _tracked_fit(features_uri_, run_uri, cfg, meta, input_dims, n_train, n_val, run_name=run_name,
                               log_model=log_model, tags=tags, callbacks=callbacks, datasets=datasets, stream=stream)
