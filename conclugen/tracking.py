@@ -173,6 +173,15 @@ def tracked_run(
         run = TrackedRun(uri, start_run(cfg, run_name=run_name, tags=tags, uri=uri), reopened=False)
         if state_uri:
             storage.write_text(state_uri, json.dumps({state_key: run.run_id, "tracking_uri": uri}), cfg.storage)
+    with ended(run):
+        yield run
+
+
+@contextmanager
+def ended(run: TrackedRun) -> Iterator[TrackedRun]:
+    """End ``run`` when the block ends: as ``run.status`` (FINISHED unless the block changed it),
+    FAILED when the block raised, KILLED on Ctrl-C. A failure to end the run never hides the
+    block's own error."""
     try:
         yield run
     except KeyboardInterrupt:
@@ -183,9 +192,10 @@ def tracked_run(
         raise
     finally:
         try:
-            end_run(uri, run.run_id, run.status)
-        except Exception:  # noqa: BLE001 - never hide the block's own error
-            pass
+            end_run(run.uri, run.run_id, run.status)
+        except Exception:  # noqa: BLE001
+            if run.status == "FINISHED":  # nothing else went wrong: say so
+                raise
 
 
 # ----------------------------------------------------------------------------- the MLflow model

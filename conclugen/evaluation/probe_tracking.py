@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,25 +30,6 @@ _MAX_PARAM = 6000  # MLflow 3 caps param values at 6000 characters
 def _key(text: str) -> str:
     """An MLflow-safe metric-name part."""
     return re.sub(r"[^0-9A-Za-z_\-. /]", "_", text)
-
-
-@contextmanager
-def _ended(client: MlflowClient, run_id: str) -> Iterator[None]:
-    """End ``run_id`` when the block ends: FINISHED, FAILED when it raised, KILLED on Ctrl-C. A
-    failure to end the run never hides the block's own error."""
-    status = "FAILED"
-    try:
-        yield
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        try:
-            client.set_terminated(run_id, status)
-        except Exception:
-            if status == "FINISHED":
-                raise
 
 
 def _log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
@@ -140,14 +120,14 @@ def log_probe_results(
     out = Path(out_dir)
     run_id = client.create_run(exp_id, tags=run_tags, run_name=run_name).info.run_id
     now = int(time.time() * 1000)
-    with _ended(client, run_id):
+    with tracking.ended(tracking.TrackedRun(tracking_uri, run_id, reopened=False)):
         _log_summary(client, run_id, results, _params(results, params), now)
         if out.is_dir():
             client.log_artifacts(run_id, str(out))
         for name, res in results.items():
             child_tags = {"mlflow.parentRunId": run_id, "encoder": name, "conclugen.stage": "probe", **lineage}
             child = client.create_run(exp_id, tags=child_tags, run_name=name).info.run_id
-            with _ended(client, child):
+            with tracking.ended(tracking.TrackedRun(tracking_uri, child, reopened=False)):
                 _log_metrics(client, child, _encoder_metrics(res, now))
                 client.log_batch(child, tags=[RunTag("best_epoch", str(res.best_epoch))])
                 if (out / name).is_dir():

@@ -79,7 +79,7 @@ def ray_storage(run_uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.Fi
 
 def checkpoint_uri(run_uri: str, fs_path: str) -> str:
     """The URI of a checkpoint that Ray Train reports by its filesystem path under RUN_URI."""
-    return "s3://" + fs_path.lstrip("/") if storage.is_s3(run_uri) else fs_path
+    return storage.to_uri(run_uri, fs_path)
 
 
 def _write_state_json(run_fs: RunFs, name: str, data: Mapping[str, Any]) -> None:
