@@ -97,6 +97,9 @@ class ExtractConfig(Section):
     # concurrent decode tasks; 0 = as many as Ray's free CPUs allow
     decode_tasks: int = Field(0, ge=0)
     s3_read_retries: int = Field(3, ge=0)
+    # Augmented versions stored per clip besides the plain one (reference: 10; 0 = none). See
+    # docs/method.md, Backbones and features, and conclugen/features/versions.py.
+    augmentations: int = Field(0, ge=0, le=64)
 
 
 class ModelConfig(Section):
@@ -131,12 +134,16 @@ class LossesConfig(Section):
     # previous centroids, assignment only in between (ours).
     kmeans_schedule: Literal["every_step", "warm"] = "every_step"
     kmeans_refit_every: int = Field(10, ge=1)
+    # Video-only SimCLR baseline (NT-Xent between two augmented versions of a clip's video
+    # features); needs a store extracted with extract.augmentations > 0.
+    simclr: float = Field(0.0, ge=0)
+    simclr_temperature: float = Field(0.1, gt=0)
 
     @model_validator(mode="after")
     def _clustering_needs_contrastive(self) -> LossesConfig:
         if self.clustering > 0 and self.contrastive == 0:
             raise ValueError("losses.clustering > 0 needs losses.contrastive > 0 (docs/method.md, Losses)")
-        if self.contrastive == self.clustering == self.reconstruction == 0:
+        if self.contrastive == self.clustering == self.reconstruction == self.simclr == 0:
             raise ValueError("at least one loss weight must be > 0")
         return self
 
@@ -162,6 +169,12 @@ class TrainConfig(Section):
 
 
 class ProbeConfig(Section):
+    # "reference": the authors' class weights / pos_weight, LR schedule, raw features;
+    # "balanced": inverse-frequency weights from the data, standardised features (ours).
+    protocol: Literal["reference", "balanced"] = "reference"
+    # 95% intervals: bootstrap resamples over test clips.
+    bootstrap: int = Field(1000, ge=0)
+    confidence: float = Field(0.95, gt=0, lt=1)
     lr: float = Field(0.00967, gt=0)
     weight_decay: float = Field(0.004, ge=0)
     batch_size: int = Field(4096, ge=1)
@@ -189,6 +202,8 @@ class TrackingConfig(Section):
     # None: MLFLOW_TRACKING_URI, else sqlite:///<workdir>/mlflow.db
     uri: str | None = None
     experiment: str = "conclugen"
+    # MLflow Model Registry name for the video → emotion pyfunc logged by `evaluate`.
+    model_name: str = "conclugen"
 
 
 class Config(Section):

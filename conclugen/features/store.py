@@ -8,6 +8,9 @@ Layout under a FEATURES_URI (local path or s3://):
                          ``gaps`` (modalities whose input was missing and whose vector is zeros)
     errors/*.parquet     one row per clip that failed (:data:`ERROR_SCHEMA`): clip_id, video_uri,
                          stage, error (``"<Type>: message"``, see :func:`error_text`)
+    <modality>_aug       (only when extracted with ``extract.augmentations`` = N > 0) the N augmented
+                         versions of that modality's vector, flattened row-major [N, dim]; see
+                         :mod:`conclugen.features.versions` for reading and choosing versions
     meta.json            backbones (name, source, dim, trained), dims per modality, label space,
                          multilabel flag, corpus — what training checks before any work starts
 
@@ -91,6 +94,9 @@ class FeatureMeta:
     multilabel: bool = False
     backbones: dict[str, BackboneInfo] = field(default_factory=dict)
     version: int = 1
+    augmentations: int = 0  # augmented versions per clip in the <modality>_aug columns
+    # modality → how its versions were made, or why that modality's versions equal the plain one
+    augmentation: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -102,11 +108,23 @@ class FeatureMeta:
         return cls(**raw)
 
 
-def feature_schema(modalities: Iterable[str] = MODALITIES) -> pa.Schema:
+AUG_SUFFIX = "_aug"
+
+
+def aug_column(modality: str) -> str:
+    """The column holding ``modality``'s augmented versions (flattened [N, dim])."""
+    return modality + AUG_SUFFIX
+
+
+def feature_schema(modalities: Iterable[str] = MODALITIES, augmentations: int = 0) -> pa.Schema:
     """:data:`FEATURE_SCHEMA` with only these modality vector columns (extraction writes all
-    three; a store for a subset of modalities leaves the others out)."""
-    keep = set(modalities)
-    return pa.schema([f for f in FEATURE_SCHEMA if f.name not in MODALITIES or f.name in keep])
+    three; a store for a subset of modalities leaves the others out), plus one
+    ``<modality>_aug`` column per modality when ``augmentations`` > 0."""
+    keep = [m for m in MODALITIES if m in set(modalities)]
+    fields = [f for f in FEATURE_SCHEMA if f.name not in MODALITIES or f.name in keep]
+    if augmentations > 0:
+        fields += [pa.field(aug_column(m), pa.list_(pa.float32())) for m in keep]
+    return pa.schema(fields)
 
 
 def error_text(e: BaseException) -> str:
