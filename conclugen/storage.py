@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -78,7 +79,23 @@ def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
+# One S3 filesystem per process and settings: each holds its own connection pool, so building
+# one per call would pay a fresh connection (a TLS handshake on real S3) for every clip read.
+# Keyed by pid too, so a forked child never shares its parent's connections.
+_S3_FILESYSTEMS: dict[tuple[int, S3Settings], pafs.S3FileSystem] = {}
+_S3_LOCK = threading.Lock()
+
+
 def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
+    key = (os.getpid(), settings)
+    with _S3_LOCK:
+        fs = _S3_FILESYSTEMS.get(key)
+        if fs is None:
+            fs = _S3_FILESYSTEMS[key] = _new_s3_filesystem(settings)
+        return fs
+
+
+def _new_s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
     # Bucket creation must be allowed explicitly in pyarrow; ensure_bucket relies on it.
     kwargs: dict = {"region": settings.region, "allow_bucket_creation": True}
     if settings.endpoint:

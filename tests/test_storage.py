@@ -149,6 +149,17 @@ def test_resolve_kinds(tmp_path: Path) -> None:
     assert storage.join("file:///tmp/a", "b") == "file:///tmp/a/b"
 
 
+def test_one_s3_filesystem_per_process_and_settings() -> None:
+    """Connections are reused: the same settings give the same filesystem object (its connection
+    pool), other settings another one."""
+    a = StorageConfig(s3_endpoint="http://127.0.0.1:1")
+    fs1, _ = storage.resolve("s3://bucket/x", a)
+    fs2, _ = storage.resolve("s3://other/y", StorageConfig(s3_endpoint="http://127.0.0.1:1"))
+    fs3, _ = storage.resolve("s3://bucket/x", StorageConfig(s3_endpoint="http://127.0.0.1:2"))
+    assert fs1 is fs2
+    assert fs3 is not fs1
+
+
 # ----------------------------------------------------------------------------- credentials
 
 
