@@ -193,8 +193,9 @@ class OnlineKMeans:
     seeded by ``seed + step``) on queue + batch. ``schedule="warm"`` *(ours)*: refit every
     ``refit_every`` calls (and on the first call after ``reset``) on the whole queue + batch,
     warm-started from the previous centroids; in between, only assign the batch to the current
-    centroids. The queue keeps the last ``queue_batches`` local batches; ``reset()`` empties it
-    (call it at each epoch start). Distributed: k-means runs over every rank's queue + batch.
+    centroids. The queue keeps the last ``queue_batches`` local batches and joins the k-means input
+    only once full (the reference's rule); ``reset()`` empties it (call it at each epoch start).
+    Distributed: k-means runs over every rank's queue + batch.
     """
 
     def __init__(
@@ -241,7 +242,10 @@ class OnlineKMeans:
         )
         self.last_stats = {"iters": 0}  # k-means iterations of this call (0: assignment only)
         if refit:
-            data = torch.cat([*self._queue, x]) if self._queue else x
+            # As the reference: the queue is prepended only once it is completely full (see
+            # docs/method.md, Clustering), so a queue longer than an epoch is never used.
+            full = self.queue_batches > 0 and len(self._queue) == self.queue_batches
+            data = torch.cat([*self._queue, x]) if full else x
             init = self.centroids if self.schedule == "warm" else None
             c, labels = kmeans(
                 data,

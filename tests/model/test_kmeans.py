@@ -128,7 +128,8 @@ def test_online_every_step_equals_kmeans_on_queue_plus_batch() -> None:
     batches = [torch.randn(10, 4, generator=g) for _ in range(5)]
     ok = OnlineKMeans(3, queue_batches=2, seed=7)
     for step, xb in enumerate(batches):
-        data = torch.cat(batches[max(0, step - 2) : step + 1])
+        # the queue joins only once it holds queue_batches batches (the reference's rule)
+        data = torch.cat(batches[step - 2 : step + 1]) if step >= 2 else xb
         c, a = ok(xb)
         c_ref, l_ref = kmeans(data, 3, seed=7 + step)
         assert torch.equal(c, c_ref)
