@@ -23,7 +23,7 @@ from conclugen.errors import ConCluGenError
 from tests.helpers.sockets import listening, not_loopback, process_tree
 
 runner = CliRunner()
-SUBCOMMANDS = ["synth", "extract", "pretrain", "evaluate", "ablate", "tune", "predict", "demo", "ui", "config"]
+SUBCOMMANDS = ["synth", "extract", "pretrain", "evaluate", "ablate", "tune", "predict", "demo", "ui", "config", "import-reference"]
 
 
 def test_help_lists_every_subcommand() -> None:
