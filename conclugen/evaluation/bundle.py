@@ -50,8 +50,10 @@ class BundleError(ConCluGenError, ValueError):
 
 def _bundle_extract(meta: FeatureMeta, extract: ExtractConfig) -> ExtractConfig:
     """The extraction settings for predict: this config's decoding settings with the backbones the
-    features were made with (from meta.json), so new clips go through the same models."""
+    features were made with (from meta.json), so new clips go through the same models. Predict
+    embeds the plain clip only (augmented versions are for training)."""
     data = json.loads(extract.model_dump_json())
+    data["augmentations"] = 0
     for kind, b in meta.backbones.items():
         if kind in data["backbones"]:
             data["backbones"][kind] = b.name

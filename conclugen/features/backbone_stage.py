@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from conclugen.config import ExtractConfig, StorageConfig
-from conclugen.features.rows import pack, unpack
+from conclugen.features.augment_stage import version_vectors
+from conclugen.features.rows import aug_key, pack, unpack
 from conclugen.features.store import BackboneInfo, error_text
 
 # applied in this order: ASR fills in missing transcripts before the text encoder runs
@@ -23,7 +24,9 @@ _IO = {"image": ("faces", "v_image"), "video3d": ("windows", "v_video3d"), "audi
 class BackboneStage:
     """An actor holding one or more backbones (``kinds``, applied in order): loads the models
     once, then embeds batches. Rows that already failed pass through; a batch whose forward fails
-    is retried clip by clip, so only the bad clip becomes an errors row (stage = backbone kind)."""
+    is retried clip by clip, so only the bad clip becomes an errors row (stage = backbone kind).
+    With ``augmentations`` = N > 0 each embedding backbone also fills ``<column>_aug`` with the N
+    augmented versions (:mod:`conclugen.features.augment_stage`)."""
 
     def __init__(self, kinds: list[str], specs: dict[str, str], extract_json: str, storage_cfg: StorageConfig,
                  device: str = "cpu", threads: int = 0) -> None:
@@ -37,43 +40,56 @@ class BackboneStage:
         cfg = ExtractConfig.model_validate_json(extract_json)
         dev = torch_device(device)
         self.models = [(k, load_backbone(k, specs[k], dev, cfg, storage_cfg)) for k in kinds]
+        self.augmentations = int(cfg.augmentations)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {k: v for k, v in batch.items()}
         out["err_stage"] = np.asarray([str(s) for s in batch["err_stage"]], dtype=object)
         out["err"] = np.asarray([str(s) for s in batch["err"]], dtype=object)
         for kind, model in self.models:
-            apply_backbone(kind, model, out)
+            apply_backbone(kind, model, out, self.augmentations)
         return out
 
 
-def apply_backbone(kind: str, model: Any, out: dict[str, np.ndarray]) -> None:
+def apply_backbone(kind: str, model: Any, out: dict[str, np.ndarray], augmentations: int = 0) -> None:
     """Run one backbone over the batch ``out`` in place: vectors (or, for ASR, transcripts) for
-    the rows without an error; a failing clip gets ``err_stage`` = ``kind``."""
+    the rows without an error; a failing clip gets ``err_stage`` = ``kind``. With
+    ``augmentations`` = N > 0 (not ASR: it transcribes the plain audio) the N augmented versions go
+    into ``<column>_aug`` ([N, dim]); a clip's versions all succeed or the clip fails."""
     n = len(out["clip_id"])
     ok = [i for i in range(n) if not out["err_stage"][i]]
     if kind == "asr":  # only clips without text that have audio
         ok = [i for i in ok if out["text_src"][i] == "none" and len(out["audio"][i])]
-    results = _forward(kind, model, out, ok)
+    n_aug = 0 if kind == "asr" else augmentations
+    results = _forward(kind, model, out, ok, n_aug)
     if kind == "asr":
         _merge_transcripts(out, results)
         return
     inp, col = _IO[kind]
-    out[col] = np.asarray(
-        [pack(np.asarray(results[i], np.float32)) if i in results and not out["err_stage"][i] else b""
-         for i in range(n)],
-        dtype=object,
-    )
+
+    def packed(part: slice | int) -> np.ndarray:
+        return np.asarray(
+            [pack(np.asarray(results[i], np.float32)[part]) if i in results and not out["err_stage"][i] else b""
+             for i in range(n)],
+            dtype=object,
+        )
+
+    if n_aug:
+        out[col], out[aug_key(col)] = packed(0), packed(slice(1, None))
+    else:
+        out[col] = packed(slice(None))
     if kind in ("image", "video3d", "audio"):
         out.pop(inp, None)  # consumed: later stages do not carry frames or samples
 
 
-def _forward(kind: str, model: Any, out: dict[str, np.ndarray], rows: list[int]) -> dict[int, Any]:
-    """Backbone outputs of ``rows``: one batched call, else clip by clip so only the bad clip(s)
-    fail (their error is recorded in ``out``)."""
+def _forward(kind: str, model: Any, out: dict[str, np.ndarray], rows: list[int], n_aug: int = 0) -> dict[int, Any]:
+    """Backbone outputs of ``rows`` ([dim], or [1 + n_aug, dim] with versions): one batched call,
+    else clip by clip so only the bad clip(s) fail (their error is recorded in ``out``)."""
     inp = _IO[kind][0]
 
     def run(idx: list[int]) -> list[Any]:
+        if n_aug:
+            return version_vectors(kind, model, out, idx, n_aug)
         if kind == "text":
             x = [str(out["text"][i]) if out["text_src"][i] != "none" else None for i in idx]
         else:

@@ -29,6 +29,12 @@ track** keeps its row, with a zero audio vector and ``"audio"`` in ``gaps``; a c
 transcript** gets ASR text when an ASR backbone is configured, else (``offline:none``, or no
 audio to transcribe) a zero text vector and ``"text"`` in ``gaps``. No video stream / no
 decodable frame is an error (MediaError), as the video modality is what the method is about.
+
+Augmented versions (``extract.augmentations`` = N > 0, docs/method.md, Backbones and features,
+Augmentation): each clip is decoded once; the backbone actors build its N augmented copies and
+embed them with the plain input; the row gets the ``<modality>_aug`` columns (N·dim floats) and
+meta.json ``augmentations`` = N and ``augmentation`` (per modality, what was done). A store is
+extended only with the same N (resume), never mixed.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from typing import Any
 from conclugen import storage
 from conclugen.config import Config, StorageConfig
 from conclugen.errors import ConCluGenError
+from conclugen.features.augment_stage import augmentation_notes
 from conclugen.features.backbone_stage import (
     BackboneStage,
     backbone_infos,
@@ -53,15 +60,18 @@ from conclugen.features.backbone_stage import (
     modality_dims,
     stage_groups,
 )
+from conclugen.features.backbones.registry import input_form
 from conclugen.features.decode_stage import DECODE_TASK_MEMORY, decode_batch
 from conclugen.features.rows import split_batch
 from conclugen.features.store import (
     ERROR_SCHEMA,
     ERRORS_DIR,
+    FEATURE_SCHEMA,
     FEATURES_DIR,
     META_FILE,
     FeatureMeta,
     ShardWriter,
+    feature_schema,
     written_ids,
 )
 from conclugen.features.summary import ExtractSummary, error_reason
@@ -157,11 +167,15 @@ def run_extract(
     if manifest is None:
         manifest = load_manifest(corpus, corpus_root, cfg)
     infos = backbone_infos(cfg.extract, resolved_storage(cfg.storage))
+    n_aug = cfg.extract.augmentations
+    audio_spec = cfg.extract.backbones.audio
     # the loader's name wins (a synthetic corpus in MELD's layout is "synthetic": the probe then
     # weights classes from the data, not with MELD's reference weights)
     meta = FeatureMeta(corpus=manifest.corpus or corpus, dims=modality_dims(infos),
                        label_space=list(manifest.label_space), multilabel=bool(manifest.multilabel),
-                       backbones=infos)
+                       backbones=infos, augmentations=n_aug,
+                       augmentation=augmentation_notes(n_aug, audio_spec, input_form("audio", audio_spec)
+                                                       if infos["audio"].dim else ""))
     with output_lock(out_uri, "extract", cfg.storage):
         summary = _extract_into(out_uri, manifest, meta, cfg, shard_rows, say)
     log.info("extract finished in %.1f s", time.perf_counter() - t0)
@@ -180,7 +194,10 @@ def _extract_into(out_uri: str, manifest: Any, meta: FeatureMeta, cfg: Config, s
     done_f, done_e = written_ids(out_uri, scfg)
     done = done_f | done_e
     rows, problems, manifest_ids = _todo(manifest, done)
-    writer = ShardWriter(out_uri, scfg, tag=time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6])
+    n_aug = meta.augmentations
+    schema = feature_schema(augmentations=n_aug) if n_aug else FEATURE_SCHEMA
+    writer = ShardWriter(out_uri, scfg, tag=time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
+                         schema=schema)
     tally = _Tally()
     if problems:
         errs = [{k: p[k] for k in ERROR_SCHEMA.names} for p in problems]
@@ -195,7 +212,7 @@ def _extract_into(out_uri: str, manifest: Any, meta: FeatureMeta, cfg: Config, s
         require_ray("extract")
         dims = {k: meta.backbones[k].dim for k in ("image", "video3d", "audio", "text")}
         first = _stream(build_dataset(rows, cfg, resolved_storage(scfg)), writer, tally, dims, shard_rows,
-                        cfg.extract.backbone_batch_size)
+                        cfg.extract.backbone_batch_size, n_aug)
     seconds = time.perf_counter() - t_run if rows else 0.0
 
     all_f, all_e = written_ids(out_uri, scfg)
@@ -206,6 +223,7 @@ def _extract_into(out_uri: str, manifest: Any, meta: FeatureMeta, cfg: Config, s
         processed=len(rows), features=tally.features, errors=tally.errors, errors_by_reason=dict(tally.reasons),
         seconds=seconds, total_features=len(all_f & manifest_ids), total_errors=len(all_e & manifest_ids),
         accounted=not missing and not both, unaccounted=missing + both, gaps=dict(tally.gaps),
+        augmentations=n_aug,
     )
     if first is not None:
         summary.first_output_s, summary.first_output_rows = first
@@ -234,7 +252,7 @@ def _todo(manifest: Any, done: set[str]) -> tuple[list[dict[str, Any]], list[dic
 
 
 def _stream(ds: Any, writer: ShardWriter, tally: _Tally, dims: dict[str, int], shard_rows: int,
-            batch_size: int) -> tuple[float, int] | None:
+            batch_size: int, augmentations: int = 0) -> tuple[float, int] | None:
     """Pull rows as the backbone stage emits them (small batches: the driver holds at most one
     shard of vectors) and write a shard every ``shard_rows`` rows. Returns (seconds, rows) to the
     first output batch, None when there was none."""
@@ -250,7 +268,7 @@ def _stream(ds: Any, writer: ShardWriter, tally: _Tally, dims: dict[str, int], s
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=1):
         if first is None:
             first = (time.perf_counter() - t_run, len(batch["clip_id"]))
-        feats, errs = split_batch(batch, dims)
+        feats, errs = split_batch(batch, dims, augmentations)
         pending[FEATURES_DIR] += feats
         pending[ERRORS_DIR] += errs
         tally.add(feats, errs)
@@ -262,7 +280,8 @@ def _stream(ds: Any, writer: ShardWriter, tally: _Tally, dims: dict[str, int], s
 
 
 def check_existing_meta(out_uri: str, meta: FeatureMeta, cfg: StorageConfig) -> None:
-    """Refuse to mix: an output that already holds another corpus or other backbones."""
+    """Refuse to mix: an output that already holds another corpus, other backbones or another
+    number of augmented versions."""
     uri = storage.join(out_uri, META_FILE)
     if not storage.exists(uri, cfg):
         return
@@ -273,4 +292,9 @@ def check_existing_meta(out_uri: str, meta: FeatureMeta, cfg: StorageConfig) -> 
         raise ExtractError(
             f"{out_uri} already holds features of corpus {old.corpus!r} made with {theirs}; this run "
             f"would use {meta.corpus!r} with {mine}. Use another --out (or delete that one)."
+        )
+    if old.augmentations != meta.augmentations:
+        raise ExtractError(
+            f"{out_uri} already holds features with {old.augmentations} augmented versions per clip; this "
+            f"run would write {meta.augmentations} (extract.augmentations). Use another --out (or delete that one)."
         )

@@ -23,6 +23,7 @@ class ExtractSummary:
     gaps: dict[str, int] = field(default_factory=dict)
     first_output_s: float = 0.0  # from pipeline start to the first rows out (worker/actor start-up)
     first_output_rows: int = 0
+    augmentations: int = 0  # augmented versions per clip written besides the plain one
 
     @property
     def clips_per_s(self) -> float:
@@ -35,6 +36,7 @@ class ExtractSummary:
             f"  already written       {self.skipped}",
             f"  processed this run    {self.processed}  ({self.clips_per_s:.2f} clips/s, {self.seconds:.1f} s)",
             f"  features written      {self.features}",
+            f"  versions per clip     1 plain + {self.augmentations} augmented",
             f"  errors written        {self.errors}",
         ]
         for reason, n in sorted(self.errors_by_reason.items(), key=lambda kv: (-kv[1], kv[0])):

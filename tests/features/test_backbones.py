@@ -86,6 +86,16 @@ def test_seeded_video3d_is_deterministic_and_untrained() -> None:
     np.testing.assert_allclose(v1[0], b1.item_vectors(w).mean(0), rtol=1e-5, atol=1e-6)
 
 
+def test_seeded_audio_weights_do_not_depend_on_the_global_rng() -> None:
+    """Every actor and run must build the same untrained model (its Conv1d layers included)."""
+    torch.manual_seed(0)
+    a = load_backbone("audio", "offline:seeded-audio")
+    torch.manual_seed(1)
+    b = load_backbone("audio", "offline:seeded-audio")
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
 def test_speech_embedding_matches_openwakeword() -> None:
     from openwakeword.utils import AudioFeatures
 

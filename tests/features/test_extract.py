@@ -16,7 +16,8 @@ from conclugen.data.corpora.manifest import Manifest, row
 from conclugen.features.decode_stage import read_and_decode
 from conclugen.features.extract import ExtractError, run_extract
 from conclugen.features.rows import unpack
-from conclugen.features.store import load_arrays, read_meta, read_table
+from conclugen.features.store import aug_column, load_arrays, read_meta, read_table
+from conclugen.features.versions import augmented_views
 
 pytestmark = [pytest.mark.ray]
 
@@ -58,6 +59,9 @@ def test_pipeline_local_then_idempotent_resume(ray_cluster: None, corpus: Path, 
     assert meta.corpus == load_manifest("meld", str(corpus), cfg).corpus  # the loader's name ("synthetic")
     assert meta.dims == {"video": 128 + 128, "audio": 96, "text": 384}
     assert meta.backbones["video3d"].trained is False and meta.backbones["text"].trained is True
+    assert meta.augmentations == 0 and meta.augmentation == {}
+    assert not [c for c in read_table(storage.join(out, "features")).column_names if c.endswith("_aug")]
+    assert "versions per clip     1 plain + 0 augmented" in s.describe()
     arrays = load_arrays(out)
     for m in ("video", "audio", "text"):
         assert arrays[m].shape == (N_CLIPS, meta.dims[m]) and np.isfinite(arrays[m]).all()
@@ -83,13 +87,7 @@ def test_pipeline_local_then_idempotent_resume(ray_cluster: None, corpus: Path, 
     assert s2.processed == 0 and s2.skipped == N_CLIPS and s2.accounted
 
     # lose one whole shard and two rows of another: exactly those clips are redone
-    shards = storage.list_files(storage.join(out, "features"), suffixes=(".parquet",))
-    assert len(shards) >= 3
-    lost = pq.read_table(shards[0]).column("clip_id").to_pylist()
-    Path(shards[0]).unlink()
-    t1 = pq.read_table(shards[1])
-    lost += t1.column("clip_id").to_pylist()[:2]
-    pq.write_table(t1.slice(2), shards[1])
+    lost = _lose_rows(out)
     s3 = run_extract(str(corpus), "meld", out, cfg, shard_rows=3, progress=None)
     assert s3.processed == len(lost) and s3.skipped == N_CLIPS - len(lost) and s3.accounted
     assert sorted(_ids(out, "features")) == sorted(feats)
@@ -99,6 +97,70 @@ def test_pipeline_local_then_idempotent_resume(ray_cluster: None, corpus: Path, 
     # a different backbone into the same store is refused, not mixed in
     with pytest.raises(ExtractError, match="already holds"):
         run_extract(str(corpus), "meld", out, _cfg("extract.backbones.image=offline:seeded-image"), progress=None)
+
+
+def _lose_rows(out: str) -> list[str]:
+    """Delete one whole features shard and two rows of another; the clip_ids lost."""
+    shards = storage.list_files(storage.join(out, "features"), suffixes=(".parquet",))
+    assert len(shards) >= 3
+    lost = pq.read_table(shards[0]).column("clip_id").to_pylist()
+    Path(shards[0]).unlink()
+    t1 = pq.read_table(shards[1])
+    lost += t1.column("clip_id").to_pylist()[:2]
+    pq.write_table(t1.slice(2), shards[1])
+    return lost
+
+
+@pytest.mark.slow
+def test_pipeline_with_augmented_versions_and_resume(ray_cluster: None, corpus: Path, tmp_path: Path) -> None:
+    from conclugen.data.corpora import load_manifest
+    from conclugen.data.media.augment import augment_frames, rng_for, swap_words
+    from conclugen.features.backbones import load_backbone
+
+    n = 2
+    out = str(tmp_path / "features-aug")
+    cfg = _cfg(f"extract.augmentations={n}")
+    s = run_extract(str(corpus), "meld", out, cfg, shard_rows=3, progress=None)
+    assert s.accounted and s.features == N_CLIPS and s.augmentations == n
+    assert f"versions per clip     1 plain + {n} augmented" in s.describe()
+    meta = read_meta(out)
+    assert meta.augmentations == n and set(meta.augmentation) == {"video", "audio", "text"}
+    assert "frequency masking" in meta.augmentation["audio"]  # offline:audio masks its own mel spectrogram
+    arrays = load_arrays(out)
+    table = read_table(storage.join(out, "features")).sort_by("clip_id")
+    views = {m: augmented_views(table.column(aug_column(m)).to_pylist(), n, meta.dims[m]) for m in meta.dims}
+    for m, dim in meta.dims.items():
+        assert all(len(x) == n * dim for x in table.column(aug_column(m)).to_pylist())
+        assert np.isfinite(views[m]).all()
+    # video: every version of every clip differs from the plain one
+    assert (np.abs(views["video"] - arrays["video"][:, None]).max(axis=2) > 1e-4).all()
+    assert (np.abs(views["audio"] - arrays["audio"][:, None]).max(axis=2) > 1e-6).mean() > 0.8
+    man = {r["clip_id"]: r for r in load_manifest("meld", str(corpus), cfg).rows}
+    for k, cid in enumerate(arrays["clip_id"]):  # text: plain exactly where the swap left the transcript
+        for v in range(1, n + 1):
+            same = swap_words(man[cid]["transcript"], rng_for(cid, v, "text")) == man[cid]["transcript"]
+            assert np.array_equal(views["text"][k, v - 1], arrays["text"][k]) == same
+
+    # one clip's version 2 recomputed here, sequentially, from its decoded frames
+    cid = arrays["clip_id"][0]
+    d = read_and_decode(man[cid], cfg, cfg.storage)
+    image = load_backbone("image", "offline:image").embed([augment_frames(unpack(d["faces"]), rng_for(cid, 2, "image"))])
+    v3d = load_backbone("video3d", "offline:video3d").embed(
+        [augment_frames(unpack(d["windows"]), rng_for(cid, 2, "video3d"))])
+    np.testing.assert_allclose(views["video"][0, 1], np.concatenate([image[0], v3d[0]]), rtol=1e-4, atol=1e-4)
+
+    # resume after losing rows: those clips redone, every clip exactly once, the same versions
+    lost = _lose_rows(out)
+    s2 = run_extract(str(corpus), "meld", out, cfg, shard_rows=3, progress=None)
+    assert s2.processed == len(lost) and s2.accounted
+    ids = _ids(out, "features")
+    assert len(ids) == N_CLIPS and sorted(ids) == sorted(arrays["clip_id"])
+    again = read_table(storage.join(out, "features")).sort_by("clip_id")
+    for m, dim in meta.dims.items():
+        np.testing.assert_allclose(augmented_views(again.column(aug_column(m)).to_pylist(), n, dim), views[m],
+                                   rtol=1e-4, atol=1e-4)
+    with pytest.raises(ExtractError, match="augmented versions"):  # another N into this store: refused
+        run_extract(str(corpus), "meld", out, _cfg("extract.augmentations=1"), progress=None)
 
 
 @pytest.mark.slow

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from conclugen.features.rows import feature_row, pack, split_batch, unpack
-from conclugen.features.store import ERROR_SCHEMA, FEATURE_SCHEMA
+from conclugen.features.rows import aug_key, feature_row, pack, split_batch, unpack
+from conclugen.features.store import ERROR_SCHEMA, FEATURE_SCHEMA, aug_column, feature_schema
 
 DIMS = {"image": 2, "video3d": 3, "audio": 2, "text": 4}
 
@@ -48,3 +48,30 @@ def test_split_batch_every_row_lands_once() -> None:
     assert [(e["clip_id"], e["stage"]) for e in errs] == [("b", "read"), ("c", "assemble")]
     assert errs[1]["error"].startswith("JSONDecodeError")
     pa.Table.from_pylist(errs, schema=ERROR_SCHEMA)
+
+
+def _aug_row(cid: str, n: int, **kw: object) -> dict:
+    r = _row(cid, **kw)
+    for kind, dim in DIMS.items():  # version v of kind k: all values 10·v + dim
+        r[aug_key("v_" + kind)] = pack(np.stack([np.full(dim, 10.0 * v + dim) for v in range(1, n + 1)]))
+    return r
+
+
+def test_feature_row_writes_versions_row_major_and_zeros_for_gaps() -> None:
+    f = feature_row(_aug_row("a", 2), DIMS, augmentations=2)
+    video = np.asarray(f[aug_column("video")]).reshape(2, 5)  # [N, image ⊕ video3d]
+    np.testing.assert_array_equal(video, [[12, 12, 13, 13, 13], [22, 22, 23, 23, 23]])
+    np.testing.assert_array_equal(np.asarray(f[aug_column("audio")]).reshape(2, 2), [[12, 12], [22, 22]])
+    assert len(f[aug_column("text")]) == 2 * 4
+    g = feature_row(_aug_row("b", 2, has_audio=False, text_src="none"), DIMS, augmentations=2)
+    assert g[aug_column("audio")] == [0.0] * 4 and g[aug_column("text")] == [0.0] * 8
+    assert aug_column("video") not in feature_row(_aug_row("a", 2), DIMS)  # N = 0: no versions
+    pa.Table.from_pylist([f, g], schema=feature_schema(augmentations=2))
+
+
+def test_split_batch_sends_a_wrong_sized_version_to_errors() -> None:
+    bad = _aug_row("c", 3)  # 3 versions where the run has 2
+    rows = [_aug_row("a", 2), bad]
+    batch = {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
+    feats, errs = split_batch(batch, DIMS, augmentations=2)
+    assert [f["clip_id"] for f in feats] == ["a"] and [(e["clip_id"], e["stage"]) for e in errs] == [("c", "assemble")]

@@ -11,12 +11,18 @@ fields need it); an empty waveform gives zeros (the pipeline records the gap).
 - ``offline:seeded-audio``: a seeded, untrained CNN over the 128-bin log-mel (128-d).
 - ``hf:<id>``: AutoFeatureExtractor + AutoModel (e.g. facebook/wav2vec2-base → 768-d), mean of
   the last hidden state over time.
+
+``embed_versions(waves, transforms)`` embeds each clip plus its augmented versions (float32
+``[B, 1 + V, dim]``, version 0 plain) in one forward per clip. ``input_form`` says what the
+transforms act on: ``"mel"`` backbones apply them to their own spectrogram (``[freq, time]``,
+computed once per clip), ``"waveform"`` backbones to the samples (see docs/method.md, Backbones
+and features, Augmentation).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +43,13 @@ def _padded(wave: np.ndarray | None) -> np.ndarray | None:
     if len(wave) < MIN_SAMPLES:
         wave = np.pad(wave, (0, MIN_SAMPLES - len(wave)))
     return wave
+
+
+Transforms = Sequence[Sequence[Callable[[np.ndarray], np.ndarray]]]
+
+
+def _n_versions(transforms: Transforms) -> int:
+    return 1 + max((len(t) for t in transforms), default=0)
 
 
 def _threads() -> int:
@@ -68,22 +81,38 @@ class SpeechEmbedding(Backbone):
         self.details = {"source": "openwakeword==0.4.0 melspectrogram.onnx + embedding_model.onnx "
                         "(Google speech_embedding)", "window": "76 mel frames, step 8"}
 
-    def _one(self, wave: np.ndarray) -> np.ndarray:
+    input_form = "mel"
+
+    def _spec(self, wave: np.ndarray) -> np.ndarray:
+        """The model's mel input, [frames, 32]."""
         # 16-bit PCM values, as openwakeword feeds the model
         pcm = np.clip(wave * 32767.0, -32768, 32767).astype(np.int16).astype(np.float32)[None]
-        spec = np.squeeze(self.mel.run(None, {"input": pcm})[0]) / 10.0 + 2.0  # openwakeword's transform
-        starts = range(0, max(1, spec.shape[0] - self.WINDOW + 1), self.STEP)
-        windows = np.stack([spec[i : i + self.WINDOW] for i in starts if i + self.WINDOW <= spec.shape[0]])
-        out = self.emb.run(None, {"input_1": windows[..., None].astype(np.float32)})[0]
-        return out.reshape(len(windows), -1).mean(axis=0)
+        return np.squeeze(self.mel.run(None, {"input": pcm})[0]) / 10.0 + 2.0  # openwakeword's transform
 
-    def embed(self, items: Sequence[np.ndarray]) -> np.ndarray:
-        out = np.zeros((len(items), self.dim), np.float32)
+    def _windows(self, spec: np.ndarray) -> np.ndarray:
+        starts = range(0, max(1, spec.shape[0] - self.WINDOW + 1), self.STEP)
+        return np.stack([spec[i : i + self.WINDOW] for i in starts if i + self.WINDOW <= spec.shape[0]])
+
+    def _embed_specs(self, specs: list[np.ndarray]) -> np.ndarray:
+        """Each spectrogram's mean window embedding, all windows in one run: [len(specs), dim]."""
+        windows = [self._windows(s) for s in specs]
+        flat = np.concatenate(windows) if len(windows) > 1 else windows[0]
+        out = self.emb.run(None, {"input_1": flat[..., None].astype(np.float32)})[0].reshape(len(flat), -1)
+        bounds = np.cumsum([0] + [len(w) for w in windows])
+        return np.stack([out[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+
+    def embed_versions(self, items: Sequence[np.ndarray | None], transforms: Transforms) -> np.ndarray:
+        out = np.zeros((len(items), _n_versions(transforms), self.dim), np.float32)
         for i, w in enumerate(items):
             w = _padded(w)
-            if w is not None:
-                out[i] = self._one(w)
+            if w is None:
+                continue
+            spec = self._spec(w)
+            out[i] = self._embed_specs([spec] + [t(spec.T).T for t in transforms[i]])  # masks on [freq, time]
         return out
+
+    def embed(self, items: Sequence[np.ndarray]) -> np.ndarray:
+        return self.embed_versions(items, [()] * len(items))[:, 0]
 
 
 class SeededAudio(Backbone):
@@ -103,18 +132,24 @@ class SeededAudio(Backbone):
         ).to(device)
         self.details = {"source": "seeded 1D CNN over log-mel (seed 3), untrained"}
 
+    input_form = "mel"
+
     @torch.inference_mode()
-    def embed(self, items: Sequence[np.ndarray]) -> np.ndarray:
+    def embed_versions(self, items: Sequence[np.ndarray | None], transforms: Transforms) -> np.ndarray:
         from conclugen.data.media import log_mel
 
-        out = np.zeros((len(items), self.dim), np.float32)
+        out = np.zeros((len(items), _n_versions(transforms), self.dim), np.float32)
         for i, w in enumerate(items):
             w = _padded(w)
             if w is None:
                 continue
-            mel = torch.as_tensor(log_mel(w, SAMPLE_RATE, n_mels=self.n_mels)).float()[None]
-            out[i] = self.model(mel.to(self.device)).mean(dim=2)[0].cpu().numpy()
+            mel = torch.as_tensor(log_mel(w, SAMPLE_RATE, n_mels=self.n_mels)).float()
+            mels = [mel] + [torch.from_numpy(t(mel.numpy())) for t in transforms[i]]
+            out[i] = self.model(torch.stack(mels).to(self.device)).mean(dim=2).cpu().numpy()
         return out
+
+    def embed(self, items: Sequence[np.ndarray]) -> np.ndarray:
+        return self.embed_versions(items, [()] * len(items))[:, 0]
 
 
 class HFAudio(Backbone):
@@ -130,15 +165,23 @@ class HFAudio(Backbone):
         self.dim = int(config.hidden_size)
         self.details = {"source": name, "class": type(self.model).__name__}
 
+    input_form = "waveform"
+
     @torch.inference_mode()
-    def embed(self, items: Sequence[np.ndarray]) -> np.ndarray:
-        out = np.zeros((len(items), self.dim), np.float32)
+    def embed_versions(self, items: Sequence[np.ndarray | None], transforms: Transforms) -> np.ndarray:
+        out = np.zeros((len(items), _n_versions(transforms), self.dim), np.float32)
         for i, w in enumerate(items):  # one clip at a time: lengths differ, no padding bias in the mean
-            w = _padded(w)
-            if w is None:
+            if w is None or len(w) == 0:
                 continue
-            inputs = self.extractor(w, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+            raw = np.asarray(w, np.float32)
+            # a clip's versions share its length: one batch, no padding
+            waves = [_padded(x) for x in [raw] + [t(raw) for t in transforms[i]]]
+            inputs = self.extractor(waves if len(waves) > 1 else waves[0], sampling_rate=SAMPLE_RATE,
+                                    return_tensors="pt")
             inputs = self.on_device(inputs)
             h = self.model(**inputs).last_hidden_state
-            out[i] = h.mean(dim=1)[0].float().cpu().numpy()
+            out[i] = h.mean(dim=1).float().cpu().numpy()
         return out
+
+    def embed(self, items: Sequence[np.ndarray]) -> np.ndarray:
+        return self.embed_versions(items, [()] * len(items))[:, 0]

@@ -210,7 +210,7 @@ def seeded_init(module: nn.Module, seed: int) -> nn.Module:
     """Deterministic Kaiming init from ``seed``, identical in every process."""
     g = torch.Generator().manual_seed(seed)
     for m in module.modules():
-        if isinstance(m, nn.Conv2d | nn.Conv3d | nn.Linear):
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
             fan_in = m.weight[0].numel()
             m.weight.data = torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5
             if m.bias is not None:

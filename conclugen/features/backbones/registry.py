@@ -41,6 +41,9 @@ class Backbone:
     kind: str = ""
     dim: int = 0
     trained: bool = True
+    # audio backbones: "mel" (computes its own spectrogram, which augmentation masks) or
+    # "waveform" (takes the samples); "" for the other kinds
+    input_form: str = ""
 
     def __init__(self, name: str, device: str = "cpu") -> None:
         self.name = name
@@ -181,6 +184,15 @@ def load_backbone(kind: str, spec: str, device: str = "cpu", cfg: Any = None, st
         raise
     except Exception as e:  # from_pretrained raises many types; name the spec once
         raise BackboneError(f"cannot load {kind} backbone {spec}: {type(e).__name__}: {e}") from e
+
+
+def input_form(kind: str, spec: str) -> str:
+    """The ``input_form`` of the backbone class ``spec`` names, without loading any weights."""
+    source, target = parse_spec(spec)
+    if source == "offline":
+        factory = OFFLINE.get(target, ("", ""))[1]
+        return str(getattr(_import(factory), "input_form", "")) if factory else ""
+    return str(getattr(_import(HF[kind]), "input_form", "")) if kind in HF else ""
 
 
 def hf_parts(path: str, device: str, processor: str, model: str = "AutoModel") -> tuple[Any, Any, Any]:
