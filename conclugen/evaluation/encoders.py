@@ -9,6 +9,7 @@ features (concatenated), and randomly initialised heads of the same architecture
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,17 +23,47 @@ ENCODERS = ("conclugen", "raw_features", "random_heads")
 
 
 class EncoderError(ConCluGenError, ValueError):
-    """An unknown encoder name."""
+    """An unknown encoder name, or an encoder that cannot do what is asked of it."""
 
 
-def raw_features_encoder(modalities: Sequence[str]) -> Encoder:
+@dataclass(frozen=True)
+class ConcatEncoder:
+    """An :data:`Encoder` made of per-modality parts: ``parts(feats)`` → ``{modality: [N, d_m]}``
+    (each block a function of that modality's features only), concatenated in ``modalities``
+    order — the one place representations are concatenated."""
+
+    modalities: tuple[str, ...]
+    parts: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+    def __call__(self, feats: Mapping[str, np.ndarray]) -> np.ndarray:
+        blocks = self.parts(feats)
+        return np.concatenate([np.asarray(blocks[m], dtype=np.float32) for m in self.modalities], axis=1)
+
+
+def encode_versions(
+    encoder: Encoder, plain: Mapping[str, np.ndarray], views: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Every version of every row through ``encoder``: ``{modality: float32 [1 + N, rows, d_m]}``
+    (version 0 from ``plain`` {m: [rows, dim]}, versions 1..N from ``views`` {m: [rows, N, dim]}).
+    A modality without views repeats its plain block. Needs a :class:`ConcatEncoder`."""
+    if not isinstance(encoder, ConcatEncoder):
+        raise EncoderError("augmented versions need an encoder made of per-modality parts (ConcatEncoder)")
+    n_aug = max((int(v.shape[1]) for v in views.values()), default=0)
+    per_version = [encoder.parts(plain)]
+    for k in range(n_aug):
+        feats = {m: (views[m][:, k] if m in views else plain[m]) for m in encoder.modalities}
+        per_version.append(encoder.parts(feats))
+    return {m: np.stack([np.asarray(p[m], dtype=np.float32) for p in per_version]) for m in encoder.modalities}
+
+
+def raw_features_encoder(modalities: Sequence[str]) -> ConcatEncoder:
     """Baseline encoder: the backbone features themselves, concatenated in ``modalities`` order."""
-    mods = list(modalities)
+    mods = tuple(modalities)
 
-    def encode(feats: dict[str, np.ndarray]) -> np.ndarray:
-        return np.concatenate([np.asarray(feats[m], dtype=np.float32) for m in mods], axis=1)
+    def parts(feats: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {m: np.asarray(feats[m], dtype=np.float32) for m in mods}
 
-    return encode
+    return ConcatEncoder(mods, parts)
 
 
 def torch_encoder(
@@ -57,23 +88,25 @@ def torch_encoder(
     return encode
 
 
-def heads_encoder(model: ConCluGen, modalities: Sequence[str], batch: int = 4096) -> Encoder:
+def heads_encoder(model: ConCluGen, modalities: Sequence[str], batch: int = 4096) -> ConcatEncoder:
     """Encoder: the model's per-modality representations (``represent``) concatenated in
-    ``modalities`` order — the one place representations are concatenated — computed in eval
-    mode without gradients, in batches (memory stays flat)."""
-    mods = list(modalities)
+    ``modalities`` order, computed in eval mode without gradients, in batches (memory stays
+    flat)."""
+    mods = tuple(modalities)
+    d = int(model.d)
 
     def represent(x: dict[str, torch.Tensor]) -> torch.Tensor:
         reps = model.represent(x)
         return torch.cat([reps[m] for m in mods], dim=1)
 
-    batched = torch_encoder(represent, batch, width=len(mods) * int(model.d))
+    batched = torch_encoder(represent, batch, width=len(mods) * d)
 
-    def encode(feats: Mapping[str, np.ndarray]) -> np.ndarray:
+    def parts(feats: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         model.eval()
-        return batched({m: feats[m] for m in mods})
+        X = batched({m: feats[m] for m in mods})
+        return {m: X[:, i * d : (i + 1) * d] for i, m in enumerate(mods)}
 
-    return encode
+    return ConcatEncoder(mods, parts)
 
 
 def random_heads(model_cfg: ModelConfig, input_dims: Mapping[str, int], seed: int) -> ConCluGen:

@@ -1,15 +1,22 @@
 """Classification metrics for the linear probe, in plain numpy (see docs/method.md, Linear probe).
 
-They follow scikit-learn's definitions (the tests compare against it) so that figures match the
-reference implementation, which reported ``sklearn.metrics`` with ``average='weighted'``:
+The reference logs torchmetrics' ``Accuracy`` / ``Precision`` / ``Recall`` / ``F1Score`` with
+``average='weighted'`` (tub-cv-group/conclugen: src/models/classification_model.py,
+``_setup_metrics``; configs/model/conclu/concat/conclu_{single,multi}.yaml set
+``metric_averaging: weighted``). These functions follow the same definitions (the tests check
+them against scikit-learn, whose weighted P/R/F1 are the same figures, and against numpy written
+from torchmetrics' ``_accuracy_reduce``):
 
 - precision / recall / F1 per class; a 0/0 ratio counts as 0 (sklearn's ``zero_division=0``);
 - weighted averages weight each class by its support (its number of true samples);
-- multi-label (MOSEI): ``accuracy`` is the **exact-match (subset) accuracy**, which is what
-  ``sklearn.metrics.accuracy_score`` returns for indicator matrices and so what the reference
-  reported; the per-label accuracy (1 − Hamming loss) is given beside it as ``label_accuracy``
-  because exact match is harsh with 6 labels. Weighted P/R/F1 are over labels, each label
-  weighted by its number of positive samples (sklearn's ``average='weighted'`` on indicators).
+- single-label ``accuracy`` is the share of correct predictions (torchmetrics' weighted
+  multiclass accuracy is support-weighted recall, which is the same number);
+- multi-label (MOSEI) ``accuracy`` is torchmetrics' multilabel ``Accuracy(average='weighted')``:
+  per label (tp + tn) / N, averaged with each label's support (tp + fn) as weight (0 when no
+  label has a positive). That is the figure the reference reports and selects its checkpoint by.
+  ``exact_match`` (subset accuracy, sklearn's ``accuracy_score`` on indicator matrices) and
+  ``label_accuracy`` (the unweighted mean of per-label accuracy, 1 − Hamming loss) are given
+  beside it. Weighted P/R/F1 are over labels, each weighted by its number of positive samples.
 """
 
 from __future__ import annotations
@@ -63,9 +70,10 @@ def _weighted(values: np.ndarray, support: np.ndarray) -> float:
 
 
 def _per_class(
-    names: Sequence[str], p: np.ndarray, r: np.ndarray, f: np.ndarray, s: np.ndarray
+    names: Sequence[str], p: np.ndarray, r: np.ndarray, f: np.ndarray, s: np.ndarray,
+    acc: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    return [
+    rows = [
         {
             "label": str(n),
             "precision": float(p[i]),
@@ -75,6 +83,18 @@ def _per_class(
         }
         for i, n in enumerate(names)
     ]
+    if acc is not None:  # multi-label: each label's own (tp + tn) / N
+        for row, a in zip(rows, acc, strict=True):
+            row["accuracy"] = float(a)
+    return rows
+
+
+def weighted_label_accuracy(mcm: np.ndarray) -> tuple[float, np.ndarray]:
+    """(torchmetrics' multilabel ``Accuracy(average='weighted')``, per-label accuracy) of a
+    [C, 2, 2] multi-label confusion matrix: per label (tp + tn) / N weighted by tp + fn."""
+    tn, fp, fn, tp = (mcm[:, i, j].astype(np.float64) for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    per_label = _div(tp + tn, tp + tn + fp + fn)
+    return _weighted(per_label, tp + fn), per_label
 
 
 def single_label_metrics(
@@ -124,16 +144,18 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_space: Sequ
     support = tp + fn
     p, r, f = _prf(tp, fp, fn)
     n = int(t.shape[0])
+    accuracy, per_label = weighted_label_accuracy(mcm)
     return {
         "multilabel": True,
         "n": n,
-        "accuracy": float((t == p_).all(1).mean()) if n else 0.0,
+        "accuracy": accuracy,
+        "exact_match": float((t == p_).all(1).mean()) if n else 0.0,
         "label_accuracy": float((t == p_).mean()) if t.size else 0.0,
         "precision_weighted": _weighted(p, support),
         "recall_weighted": _weighted(r, support),
         "f1_weighted": _weighted(f, support),
         "f1_macro": float(f.mean()) if len(label_space) else 0.0,
-        "per_class": _per_class(label_space, p, r, f, support),
+        "per_class": _per_class(label_space, p, r, f, support, per_label),
         # One 2×2 [[tn, fp], [fn, tp]] per label.
         "confusion_matrix": mcm.tolist(),
         "label_space": list(label_space),
@@ -143,6 +165,7 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_space: Sequ
 def compute_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, label_space: Sequence[str], multilabel: bool
 ) -> dict[str, Any]:
+    """:func:`multilabel_metrics` or :func:`single_label_metrics`."""
     return (multilabel_metrics if multilabel else single_label_metrics)(y_true, y_pred, label_space)
 
 

@@ -2,23 +2,35 @@
 
 The classifier is ``Dropout(0.5) → Linear`` (Kaiming-normal weights, zero bias) trained with
 AdamW (lr 0.00967, weight decay 0.004, batch 4096 — ``cfg.probe``) on the frozen, concatenated
-per-modality representations.
+per-modality representations. Early stopping on the validation loss: training stops once it has
+not improved for ``cfg.patience`` epochs; the kept state is the best one by the selection metric.
+Single-label: cross-entropy with class weights; multi-label (MOSEI): BCE-with-logits with
+``pos_weight``, a label is predicted when its sigmoid ≥ ``cfg.threshold`` (0.5).
 
-- Single-label (CAER, MELD, synthetic): cross-entropy with class weights
-  (:func:`conclugen.evaluation.class_weights.class_weights_for`). The kept state is the epoch with
-  the best **validation accuracy**.
-- Multi-label (MOSEI): BCE-with-logits with ``pos_weight``, a label is predicted when its
-  sigmoid ≥ ``cfg.threshold`` (0.5). The kept state is the epoch with the best **validation
-  weighted F1** *(ours)*: exact-match accuracy over 6 labels is dominated by the all-absent
-  prediction and barely moves, while weighted F1 is the headline figure.
-- Early stopping on the validation loss: training stops once it has not improved for
-  ``cfg.patience`` epochs; the kept state is still the best-accuracy (best-F1) one.
-- Features are standardised with the training split's mean and std *(ours)*. The reference lr is
-  fixed, while the three encoders compared here (pretrained heads, raw backbone features, random
-  heads) produce vectors on very different scales; standardising makes the comparison about the
-  information in the vectors, not their scale. Constant features keep std 1 (they become 0).
-- No validation rows (a corpus without a dev split): 10% of train is held out, stratified by
-  the first label, seeded *(ours)*.
+``cfg.protocol`` picks one of two protocols:
+
+- ``reference`` (default) — the authors' downstream config (tub-cv-group/conclugen:
+  configs/testing.yaml): features as they come (no standardisation), the learning rate stepped
+  once per epoch (Lightning's default ``interval: epoch`` for the schedulers that
+  src/models/abstract_model.py ``configure_optimizers`` returns) by LinearLR (0.1 → 1 over 5
+  epochs) then torch's plain ``CosineAnnealingWarmRestarts`` (T_0 20, T_mult 2, eta_min 1e-6) —
+  the probe's restarts do **not** decay (pretraining's CosineAnnealingWarmRestartsExpDecay with
+  gamma 0.75 comes from configs/defaults.yaml, which testing.yaml overrides); class weights from
+  :mod:`conclugen.evaluation.class_weights` (the validation loss uses the validation split's
+  weights, as set_class_weights_on_model.py does); the kept epoch is the one with the best
+  **validation accuracy** for every corpus (defaults.yaml: ModelCheckpoint
+  ``monitor: val_accuracy_epoch``; for MOSEI that is the weighted per-label accuracy of
+  :mod:`conclugen.evaluation.metrics`).
+- ``balanced`` *(ours)* — features standardised with the training split's mean and std (the
+  encoders compared here produce vectors on very different scales; constant features keep std
+  1), a constant learning rate, inverse-frequency weights from the training labels for every
+  corpus (also for the validation loss), and selection on validation accuracy (single-label) or
+  validation weighted F1 (multi-label: exact match barely moves with 6 labels).
+
+Training splits with augmented versions (``ProbeData.versions``) are trained on one augmented
+version per sample, per modality, per epoch (:func:`~conclugen.evaluation.probe_data.epoch_features`);
+validation and test always use the plain features. No validation rows (a corpus without a dev
+split): 10% of train is held out, stratified by the first label, seeded *(ours)*.
 
 Entry point: :func:`fit_probe` (arrays in, :class:`ProbeResult` out); several encoders over one
 feature store, with reports: :func:`conclugen.evaluation.compare.evaluate_representations`.
@@ -27,6 +39,7 @@ feature store, with reports: :func:`conclugen.evaluation.compare.evaluate_repres
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,14 +48,25 @@ import torch
 from torch import nn
 
 from conclugen.config import ProbeConfig
-from conclugen.evaluation.class_weights import frequency_weights
+from conclugen.evaluation.class_weights import class_weights_for, named_weights
 from conclugen.evaluation.metrics import compute_metrics
-from conclugen.evaluation.probe_data import ProbeData, ProbeError, drop_unlabeled, encode_targets, holdout_val
+from conclugen.evaluation.probe_data import (
+    ProbeData,
+    ProbeError,
+    drop_unlabeled,
+    encode_targets,
+    epoch_features,
+    holdout_val,
+)
 from conclugen.evaluation.probe_model import ProbeModel, decide
+from conclugen.training.schedule import lr_at
 
 # A linear probe on a few thousand rows is far too small for intra-op threads: on a busy 2-core
 # machine two threads made it ~7x slower than one. Inputs of more values keep the caller's setting.
 _ONE_THREAD_BELOW = 20_000_000
+# configs/testing.yaml of the reference: SequentialLR(milestones [5]) of LinearLR(start_factor
+# 0.1, total_iters 5) and CosineAnnealingWarmRestarts(T_0 20, T_mult 2, eta_min 1e-6), no decay.
+_SCHEDULE = {"warmup_epochs": 5, "start_factor": 0.1, "t0": 20, "t_mult": 2, "eta_min": 1e-6, "decay": 1.0}
 
 
 @dataclass
@@ -54,10 +78,10 @@ class ProbeResult:
     epochs_run: int
     stopped_early: bool
     selection_metric: str  # "accuracy" or "f1_weighted" on the validation split
-    history: list[dict[str, float]]  # per epoch: epoch, train_loss, val_loss, val_accuracy, val_f1_weighted
+    history: list[dict[str, float]]  # per epoch: epoch, lr, train_loss, val_loss, val_accuracy, val_f1_weighted
     val_metrics: dict[str, Any]
     test_metrics: dict[str, Any]
-    class_weights: list[float]
+    class_weights: list[float]  # label_space order (multi-label: the BCE pos_weight)
     n_train: int
     n_val: int
     n_test: int
@@ -67,6 +91,9 @@ class ProbeResult:
     test_proba: np.ndarray | None = None  # [N_test, C]
     encoder: str = ""
     notes: list[str] = field(default_factory=list)
+    protocol: str = "reference"
+    augmentations: int = 0  # augmented versions training drew from (0: plain features only)
+    val_class_weights: list[float] | None = None  # the validation loss's, when not class_weights
 
     @property
     def test_pred(self) -> list[list[str]]:
@@ -75,16 +102,20 @@ class ProbeResult:
         return self.model.labels_of(self.model.decide(self.test_proba))
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready: everything except the weights and per-sample arrays."""
+        """JSON-ready: everything except the weights and per-sample arrays; class weights by name."""
+        val_w = None if self.val_class_weights is None else named_weights(self.label_space, self.val_class_weights)
         return {
             "encoder": self.encoder,
+            "protocol": self.protocol,
             "label_space": self.label_space,
             "multilabel": self.multilabel,
             "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run,
             "stopped_early": self.stopped_early,
             "selection_metric": f"val_{self.selection_metric}",
-            "class_weights": self.class_weights,
+            "class_weights": named_weights(self.label_space, self.class_weights),
+            "val_class_weights": val_w,
+            "augmentations": self.augmentations,
             "n_train": self.n_train,
             "n_val": self.n_val,
             "n_test": self.n_test,
@@ -109,8 +140,25 @@ class _Fit:
     stopped_early: bool
 
 
-def _selection(multilabel: bool) -> str:
-    return "f1_weighted" if multilabel else "accuracy"
+@dataclass
+class _Losses:
+    train: nn.Module
+    val: nn.Module
+
+
+def _selection(multilabel: bool, protocol: str = "reference") -> str:
+    return "f1_weighted" if multilabel and protocol == "balanced" else "accuracy"
+
+
+def probe_lr(epoch: int, cfg: ProbeConfig) -> float:
+    """Learning rate during ``epoch`` (0-based): the reference schedule, or ``cfg.lr`` throughout
+    under ``balanced``."""
+    return lr_at(epoch, cfg.lr, **_SCHEDULE) if cfg.protocol == "reference" else cfg.lr
+
+
+def _loss(weights: list[float], multilabel: bool) -> nn.Module:
+    w = torch.tensor(weights, dtype=torch.float32)
+    return nn.BCEWithLogitsLoss(pos_weight=w) if multilabel else nn.CrossEntropyLoss(weight=w)
 
 
 def _train_epoch(
@@ -149,34 +197,40 @@ def _validate(
 
 
 def _train_linear(
-    train: tuple[torch.Tensor, torch.Tensor],
+    train: tuple[Callable[[int], torch.Tensor], torch.Tensor],
     val: tuple[torch.Tensor, torch.Tensor],
     y_va: np.ndarray,
-    loss_fn: nn.Module,
+    losses: _Losses,
     *,
     label_space: list[str],
     multilabel: bool,
     cfg: ProbeConfig,
 ) -> _Fit:
-    """Dropout → Linear trained with AdamW, selected on the validation split, early-stopped on its loss."""
-    selection = _selection(multilabel)
+    """Dropout → Linear trained with AdamW, selected on the validation split, early-stopped on its
+    loss. ``train[0](epoch)`` gives the (1-based) epoch's training features."""
+    selection = _selection(multilabel, cfg.protocol)
+    x_of, t_tr = train
     # Own RNG stream: the probe is reproducible per seed and leaves the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
-        model = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(train[0].shape[1], len(label_space)))
+        model = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(val[0].shape[1], len(label_space)))
         nn.init.kaiming_normal_(model[1].weight)
         nn.init.zeros_(model[1].bias)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # Stepped once per epoch, as Lightning steps the reference's schedulers.
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: probe_lr(e, cfg) / cfg.lr)
 
         history: list[dict[str, float]] = []
         best_score, best_epoch, best_state = -np.inf, 0, copy.deepcopy(model.state_dict())
         best_loss, since_best_loss = np.inf, 0
         stopped_early = False
         for epoch in range(1, cfg.epochs + 1):
-            train_loss = _train_epoch(model, opt, loss_fn, *train, cfg.batch_size, gen)
-            val_loss, m = _validate(model, loss_fn, *val, y_va, label_space, multilabel, cfg.threshold)
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+            lr = float(opt.param_groups[0]["lr"])
+            train_loss = _train_epoch(model, opt, losses.train, x_of(epoch), t_tr, cfg.batch_size, gen)
+            sched.step()
+            val_loss, m = _validate(model, losses.val, *val, y_va, label_space, multilabel, cfg.threshold)
+            history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val_loss,
                             "val_accuracy": m["accuracy"], "val_f1_weighted": m["f1_weighted"]})
             if m[selection] > best_score:  # strict: ties keep the earliest epoch (= np.argmax)
                 best_score, best_epoch = m[selection], epoch
@@ -225,6 +279,27 @@ def _standardiser(X: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndar
     return mean, std
 
 
+def _loss_weights(
+    train: ProbeData, val: ProbeData, label_space: list[str], multilabel: bool, cfg: ProbeConfig,
+    corpus: str | None, class_weights: list[float] | None, val_class_weights: list[float] | None,
+) -> tuple[list[float], list[float]]:
+    """(training-loss weights, validation-loss weights); see :func:`fit_probe`."""
+    def from_labels(d: ProbeData) -> list[float]:
+        return class_weights_for(corpus or "", label_space, d.labels, multilabel, protocol=cfg.protocol)
+
+    weights = list(class_weights) if class_weights is not None else from_labels(train)
+    if val_class_weights is not None:
+        val_w = list(val_class_weights)
+    elif class_weights is None and cfg.protocol == "reference":
+        val_w = from_labels(val)  # each split's loss gets its own split's weights
+    else:
+        val_w = weights
+    for w in (weights, val_w):
+        if len(w) != len(label_space):
+            raise ProbeError(f"{len(w)} class weights for {len(label_space)} classes")
+    return weights, val_w
+
+
 def fit_probe(
     train: ProbeData,
     val: ProbeData,
@@ -234,37 +309,48 @@ def fit_probe(
     multilabel: bool,
     cfg: ProbeConfig,
     class_weights: list[float] | None = None,
-    standardize: bool = True,
+    standardize: bool | None = None,
     num_threads: int | None = None,
+    corpus: str | None = None,
+    val_class_weights: list[float] | None = None,
 ) -> ProbeResult:
-    """Train the linear probe on ``train``, select on ``val``, report on ``test``.
+    """Train the linear probe on ``train``, select on ``val``, report on ``test``, by ``cfg.protocol``.
 
     ``class_weights``: CE weights (single-label) or BCE pos_weight (multi-label) in
-    ``label_space`` order; None computes them from the training labels
-    (:func:`~conclugen.evaluation.class_weights.frequency_weights`); pass all ones for an
-    unweighted loss. ``num_threads``: torch intra-op threads while training (None: 1 for small
-    inputs, else unchanged).
+    ``label_space`` order, used for the validation loss too unless ``val_class_weights`` is
+    given; None computes them with :func:`~conclugen.evaluation.class_weights.class_weights_for`
+    for ``corpus`` under the protocol (``reference``: the validation loss then gets the
+    validation split's own weights). Pass all ones for an unweighted loss. ``standardize``: None
+    follows the protocol (only ``balanced`` standardises). ``train.versions`` set: trained on
+    augmented versions, one per sample, modality and epoch. ``num_threads``: torch intra-op
+    threads while training (None: 1 for small inputs, else unchanged).
     """
     label_space = list(label_space)
     c = len(label_space)
     if c < 2 and not multilabel:
         raise ProbeError("a single-label probe needs at least 2 classes")
+    standardize = cfg.protocol == "balanced" if standardize is None else standardize
     notes: list[str] = []
     train, val, test = _clean_splits(train, val, test, multilabel, cfg.seed, notes)
     y_tr, y_va, y_te = (encode_targets(d.labels, label_space, multilabel) for d in (train, val, test))
-    weights = list(class_weights) if class_weights is not None else frequency_weights(
-        train.labels, label_space, multilabel)
-    if len(weights) != c:
-        raise ProbeError(f"{len(weights)} class weights for {c} classes")
+    weights, val_w = _loss_weights(train, val, label_space, multilabel, cfg, corpus, class_weights, val_class_weights)
+    augmentations = train.n_versions - 1
+    if augmentations:
+        notes.append(f"trained on {augmentations} augmented versions (one per sample, modality and epoch); "
+                     "val/test on plain features")
 
     mean, std = _standardiser(train.X, standardize)
-    x_tr, x_va = (torch.from_numpy((x - mean) / std) for x in (train.X, val.X))
-    w = torch.tensor(weights, dtype=torch.float32)
-    loss_fn: nn.Module = nn.BCEWithLogitsLoss(pos_weight=w) if multilabel else nn.CrossEntropyLoss(weight=w)
+    x_va = torch.from_numpy((val.X - mean) / std)
+    plain_tr = torch.from_numpy((train.X - mean) / std)
+
+    def x_of(epoch: int) -> torch.Tensor:
+        return plain_tr if not augmentations else torch.from_numpy((epoch_features(train, epoch, cfg.seed) - mean) / std)
+
+    losses = _Losses(_loss(weights, multilabel), _loss(val_w, multilabel))
     prev_threads = torch.get_num_threads()
-    torch.set_num_threads(num_threads or (1 if x_tr.numel() < _ONE_THREAD_BELOW else prev_threads))
+    torch.set_num_threads(num_threads or (1 if plain_tr.numel() < _ONE_THREAD_BELOW else prev_threads))
     try:
-        fit = _train_linear((x_tr, torch.from_numpy(y_tr)), (x_va, torch.from_numpy(y_va)), y_va, loss_fn,
+        fit = _train_linear((x_of, torch.from_numpy(y_tr)), (x_va, torch.from_numpy(y_va)), y_va, losses,
                             label_space=label_space, multilabel=multilabel, cfg=cfg)
     finally:
         torch.set_num_threads(prev_threads)
@@ -278,9 +364,11 @@ def fit_probe(
         notes.append("the test split is empty: test metrics are zeros")
     return ProbeResult(
         label_space=label_space, multilabel=multilabel, model=probe, best_epoch=fit.best_epoch,
-        epochs_run=len(fit.history), stopped_early=fit.stopped_early, selection_metric=_selection(multilabel),
+        epochs_run=len(fit.history), stopped_early=fit.stopped_early,
+        selection_metric=_selection(multilabel, cfg.protocol),
         history=fit.history, val_metrics=val_metrics, test_metrics=test_metrics,
         class_weights=[float(x) for x in weights], n_train=len(train), n_val=len(val), n_test=len(test),
         standardized=standardize, test_clip_ids=test.clip_ids, test_labels=test.labels, test_proba=test_proba,
-        notes=notes,
+        notes=notes, protocol=cfg.protocol, augmentations=augmentations,
+        val_class_weights=None if val_w == weights else [float(x) for x in val_w],
     )

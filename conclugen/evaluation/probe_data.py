@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from conclugen.errors import ConCluGenError
+from conclugen.features.versions import version_index
 
 
 class ProbeError(ConCluGenError, ValueError):
@@ -16,11 +17,17 @@ class ProbeError(ConCluGenError, ValueError):
 
 @dataclass
 class ProbeData:
-    """One split: features X float32 [N, F] and per-row label lists (canonical names)."""
+    """One split: features X float32 [N, F] and per-row label lists (canonical names).
+
+    ``versions`` (training splits of a store with augmented versions): per modality, the
+    representations of every version, float32 [V, N, d_m] (V = 1 + augmentations, version 0 =
+    plain); the blocks, in dict order, are X's columns. None: plain features only.
+    """
 
     X: np.ndarray
     labels: list[list[str]]
     clip_ids: list[str] | None = None
+    versions: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.X = np.asarray(self.X, dtype=np.float32)
@@ -33,13 +40,31 @@ class ProbeData:
             self.clip_ids = [str(c) for c in self.clip_ids]
             if len(self.clip_ids) != self.X.shape[0]:
                 raise ProbeError(f"{self.X.shape[0]} feature rows but {len(self.clip_ids)} clip ids")
+        if self.versions is not None:
+            self._check_versions()
+
+    def _check_versions(self) -> None:
+        assert self.versions is not None
+        self.versions = {m: np.asarray(v, dtype=np.float32) for m, v in self.versions.items()}
+        shapes = {m: v.shape for m, v in self.versions.items()}
+        n, v0 = self.X.shape[0], next(iter(shapes.values()), (0,))[0]
+        if any(len(s) != 3 or s[0] != v0 or s[1] != n for s in shapes.values()):
+            raise ProbeError(f"versions must be [V, {n}, d] with one V for every modality, got {shapes}")
+        if sum(s[2] for s in shapes.values()) != self.X.shape[1]:
+            raise ProbeError(f"versions have {sum(s[2] for s in shapes.values())} columns, X has {self.X.shape[1]}")
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
 
+    @property
+    def n_versions(self) -> int:
+        """V: 1 (plain only) or 1 + augmentations."""
+        return 1 if not self.versions else int(next(iter(self.versions.values())).shape[0])
+
     def subset(self, idx: np.ndarray) -> ProbeData:
         ids = None if self.clip_ids is None else [self.clip_ids[i] for i in idx]
-        return ProbeData(self.X[idx], [self.labels[i] for i in idx], ids)
+        vers = None if self.versions is None else {m: v[:, idx] for m, v in self.versions.items()}
+        return ProbeData(self.X[idx], [self.labels[i] for i in idx], ids, vers)
 
 
 def encode_targets(
@@ -92,3 +117,26 @@ def drop_unlabeled(d: ProbeData, name: str, notes: list[str]) -> ProbeData:
         return d
     notes.append(f"{name}: {int((~keep).sum())} rows without a label left out")
     return d.subset(np.flatnonzero(keep))
+
+
+def train_version_choices(n_versions: int) -> range:
+    """The versions a training sample is drawn from: the augmented ones only, 1..N. The
+    reference's PrecomputedFeaturesVideoClassificationDataset (src/data/datasets/video_dataset.py,
+    ``_load_possibly_augmented_samples``) picks among the augmented feature folders of a
+    modality (``_add_augmented_data_key`` in video_datamodule.py replaces the plain folder by
+    aug1..aug10); val and test read the plain features."""
+    return range(1, n_versions) if n_versions > 1 else range(0, 1)
+
+
+def epoch_features(data: ProbeData, epoch: int, seed: int) -> np.ndarray:
+    """The training features of ``epoch``: per sample and modality one version drawn by
+    :func:`conclugen.features.versions.version_index` (a pure function of seed, epoch, modality
+    and clip id), the modalities' blocks concatenated in X's column order. Plain X when ``data``
+    has no versions. Rows without a clip id are keyed by their position."""
+    if not data.versions or data.n_versions < 2:
+        return data.X
+    ids = data.clip_ids if data.clip_ids is not None else [str(i) for i in range(len(data))]
+    rows = np.arange(len(data))
+    choices = train_version_choices(data.n_versions)
+    parts = [v[version_index(ids, m, epoch, seed, choices), rows] for m, v in data.versions.items()]
+    return np.concatenate(parts, axis=1)

@@ -6,6 +6,7 @@ this module opens is ended here: FINISHED, or FAILED (KILLED on Ctrl-C) when log
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conclugen import tracking
+from conclugen.evaluation.class_weights import named_weights
 from conclugen.evaluation.metrics import HEADLINE
 from conclugen.evaluation.probe import ProbeResult
 
@@ -49,6 +51,11 @@ def _params(results: Mapping[str, ProbeResult], params: Mapping[str, Any] | None
             "probe.n_train": str(first.n_train),
             "probe.n_val": str(first.n_val),
             "probe.n_test": str(first.n_test),
+            # The protocol the probe actually ran (the same as the config's probe.protocol).
+            "probe.protocol": first.protocol,
+            "probe.standardized": str(first.standardized),
+            "probe.augmentations": str(first.augmentations),
+            "probe.class_weights": json.dumps(named_weights(first.label_space, first.class_weights))[:_MAX_PARAM],
         }
     return p
 
@@ -81,8 +88,11 @@ def _encoder_metrics(res: ProbeResult, now: int) -> list[Metric]:
         for k in ("precision", "recall", "f1"):
             ms.append(Metric(_key(f"test_{k}.{row['label']}"), float(row[k]), now, 0))
     for h in res.history:
-        for k in ("train_loss", "val_loss", "val_accuracy", "val_f1_weighted"):
-            ms.append(Metric(f"curve.{k}", float(h[k]), now, int(h["epoch"])))
+        for k in ("lr", "train_loss", "val_loss", "val_accuracy", "val_f1_weighted"):
+            if k in h:
+                ms.append(Metric(f"curve.{k}", float(h[k]), now, int(h["epoch"])))
+    if res.multilabel:  # accuracy is the weighted per-label one; subset accuracy beside it
+        ms.append(Metric("test_exact_match", float(res.test_metrics["exact_match"]), now, 0))
     return ms
 
 
@@ -125,7 +135,8 @@ def log_probe_results(
         if out.is_dir():
             client.log_artifacts(run_id, str(out))
         for name, res in results.items():
-            child_tags = {"mlflow.parentRunId": run_id, "encoder": name, "conclugen.stage": "probe", **lineage}
+            child_tags = {"mlflow.parentRunId": run_id, "encoder": name, "conclugen.stage": "probe",
+                          "probe.protocol": res.protocol, **lineage}
             child = client.create_run(exp_id, tags=child_tags, run_name=name).info.run_id
             with tracking.ended(tracking.TrackedRun(tracking_uri, child, reopened=False)):
                 _log_metrics(client, child, _encoder_metrics(res, now))

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from conclugen import storage
 from conclugen.config import MODALITIES, StorageConfig
 from conclugen.errors import ConCluGenError
+from conclugen.features.versions import augmented_views
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +246,13 @@ def load_arrays(
     modalities: Sequence[str] = MODALITIES,
     splits: Sequence[str] | None = None,
     cfg: StorageConfig | None = None,
+    *,
+    augmented: bool = False,
 ) -> dict[str, Any]:
-    """Features as numpy: {"clip_id", "split", "labels", <modality>: float32 [N, dim]}, sorted by clip_id."""
+    """Features as numpy: {"clip_id", "split", "labels", <modality>: float32 [N, dim]}, sorted by clip_id.
+
+    ``augmented``: also ``<modality>_aug`` (:func:`aug_column`) as float32 [N, versions, dim] for
+    each modality whose column the store has (a store without them: nothing added)."""
     table = read_table(features_uri(root), cfg)
     if table.num_rows == 0:
         raise FeatureStoreError(f"{root} has no feature rows")
@@ -262,4 +268,8 @@ def load_arrays(
     for m in modalities:
         col = table.column(m).to_pylist()
         out[m] = np.asarray(col, dtype=np.float32).reshape(len(col), -1)
+        if augmented and aug_column(m) in table.column_names:
+            views = np.asarray(table.column(aug_column(m)).to_pylist(), dtype=np.float32)
+            dim = out[m].shape[1]
+            out[aug_column(m)] = augmented_views(views, views.shape[1] // dim if dim else 0, dim)
     return out

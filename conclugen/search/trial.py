@@ -184,7 +184,6 @@ class Prober:
     and score (the test split is never read during the search)."""
 
     def __init__(self, ctx: TrialContext, cfg: Config) -> None:
-        from conclugen.evaluation.class_weights import train_class_weights
         from conclugen.features.store import load_arrays, read_meta
 
         self.cfg = cfg
@@ -195,8 +194,7 @@ class Prober:
         self.rows = {s: [i for i, x in enumerate(split) if x == s] for s in ("train", "val")}
         self.feats = {m: arrays[m] for m in cfg.model.modalities}
         self.labels = [list(x or []) for x in arrays["labels"]]
-        self.weights = train_class_weights(meta.corpus, self.label_space,
-                                           [self.labels[i] for i in self.rows["train"]], self.multilabel)
+        self.corpus = meta.corpus  # fit_probe derives the class weights under cfg.probe.protocol
 
     def __call__(self, checkpoint: str) -> dict[str, float]:
         import numpy as np
@@ -211,7 +209,7 @@ class Prober:
         data = {s: ProbeData(X[idx], [self.labels[i] for i in idx]) for s, idx in self.rows.items()}
         empty = ProbeData(np.zeros((0, X.shape[1]), np.float32), [])
         res = fit_probe(data["train"], data["val"], empty, label_space=self.label_space,
-                        multilabel=self.multilabel, cfg=self.cfg.probe, class_weights=self.weights)
+                        multilabel=self.multilabel, cfg=self.cfg.probe, corpus=self.corpus)
         v = res.val_metrics
         return {"probe_f1": float(v["f1_weighted"]), "probe_accuracy": float(v["accuracy"]),
                 "probe_best_epoch": float(res.best_epoch)}

@@ -1,4 +1,7 @@
-"""Probe metrics against scikit-learn on known predictions, zero-division cases included."""
+"""Probe metrics against scikit-learn on known predictions, zero-division cases included; the
+multi-label accuracy against numpy written from torchmetrics' definition (torchmetrics is not
+installed here): ``_accuracy_reduce`` with ``multilabel=True, average='weighted'`` is
+sum_j (tp_j + fn_j) · (tp_j + tn_j) / N over sum_j (tp_j + fn_j), 0 when that sum is 0."""
 
 from __future__ import annotations
 
@@ -91,9 +94,19 @@ def test_single_label_hand_computed() -> None:
     ]
 
 
+def _torchmetrics_weighted_multilabel_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """torchmetrics' MultilabelAccuracy(average='weighted'), label by label with sklearn."""
+    acc = np.array([skm.accuracy_score(y_true[:, j], y_pred[:, j]) for j in range(y_true.shape[1])])
+    support = y_true.sum(0).astype(float)
+    return float((acc * support).sum() / support.sum()) if support.sum() > 0 else 0.0
+
+
 def _check_multi(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> dict:
     ours = multilabel_metrics(y_true, y_pred, names)
-    assert ours["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred), abs=1e-12)  # exact match
+    assert ours["accuracy"] == pytest.approx(_torchmetrics_weighted_multilabel_accuracy(y_true, y_pred), abs=1e-12)
+    assert ours["exact_match"] == pytest.approx(skm.accuracy_score(y_true, y_pred), abs=1e-12)
+    per_label = [skm.accuracy_score(y_true[:, j], y_pred[:, j]) for j in range(len(names))]
+    np.testing.assert_allclose([x["accuracy"] for x in ours["per_class"]], per_label, atol=1e-12)
     assert ours["label_accuracy"] == pytest.approx(1 - skm.hamming_loss(y_true, y_pred), abs=1e-12)
     pw, rw, fw, _ = skm.precision_recall_fscore_support(y_true, y_pred, average="weighted", zero_division=0)
     assert (ours["precision_weighted"], ours["recall_weighted"], ours["f1_weighted"]) == pytest.approx(
@@ -124,7 +137,30 @@ def test_multilabel_matches_sklearn() -> None:
     m = _check_multi(y_true, y_pred, names)
     per = {x["label"]: x for x in m["per_class"]}
     assert per["fear"]["f1"] == 0.0 and per["surprise"]["precision"] == 0.0 and per["disgust"]["support"] == 0
-    assert m["accuracy"] == pytest.approx(0.25)  # only the all-absent row matches exactly
+    assert m["exact_match"] == pytest.approx(0.25)  # only the all-absent row matches exactly
+    # Weighted accuracy by hand: supports happiness 2, sadness 2, anger 1, surprise 2 (fear and
+    # disgust 0 weigh nothing); per-label accuracies 1, 3/4, 3/4, 1/2.
+    assert m["accuracy"] == pytest.approx((2 * 1 + 2 * 0.75 + 1 * 0.75 + 2 * 0.5) / 7)
+
+
+def test_weighted_multilabel_accuracy_hand_made() -> None:
+    names = ["a", "b"]
+    # a: always right (support 3); b: right on 2 of 4 rows (support 1).
+    t = np.array([[1, 1], [1, 0], [1, 0], [0, 0]])
+    p = np.array([[1, 0], [1, 0], [1, 1], [0, 0]])
+    m = multilabel_metrics(t, p, names)
+    assert m["accuracy"] == pytest.approx((3 * 1.0 + 1 * 0.5) / 4)
+    assert m["label_accuracy"] == pytest.approx(0.75)  # unweighted mean of 1 and 1/2
+    assert m["exact_match"] == pytest.approx(0.5)
+    assert [x["accuracy"] for x in m["per_class"]] == [1.0, 0.5]
+    # Weights are supports, not prevalence of predictions: swapping which label is common moves it.
+    m2 = multilabel_metrics(t[:, ::-1], p[:, ::-1], names[::-1])
+    assert m2["accuracy"] == pytest.approx(m["accuracy"])
+    # No positives at all: every weight is 0 and torchmetrics' safe divide gives 0, even though
+    # every prediction is right.
+    zero = np.zeros((3, 2), dtype=int)
+    z = multilabel_metrics(zero, zero, names)
+    assert z["accuracy"] == 0.0 and z["exact_match"] == 1.0 and z["label_accuracy"] == 1.0
 
 
 def test_multilabel_confusion_layout_and_dispatch() -> None:

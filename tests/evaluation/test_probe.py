@@ -1,5 +1,7 @@
-"""Linear probe: separable vs noise, best-validation selection, early stopping, class weights,
-the MOSEI multi-label path, reports and PNGs, and MLflow logging linked to a pretraining run."""
+"""Linear probe: separable vs noise, best-validation selection, early stopping, the two
+protocols (features, learning-rate schedule, selection), the MOSEI multi-label path, reports and
+PNGs, and MLflow logging linked to a pretraining run. Class weights: test_class_weights.py;
+augmented versions: test_probe_augmented.py."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 
 from conclugen.config import MELD_EMOTIONS, MOSEI_EMOTIONS, Config, ProbeConfig
-from conclugen.evaluation.class_weights import MELD_REFERENCE_WEIGHTS, class_weights_for, frequency_weights
+from conclugen.evaluation.class_weights import class_weights_for
 from conclugen.evaluation.compare import evaluate_representations
 from conclugen.evaluation.encoders import raw_features_encoder, torch_encoder
 from conclugen.evaluation.metrics import single_label_metrics
@@ -92,10 +94,63 @@ def test_deterministic_per_seed_and_scale_invariant() -> None:
     r2 = fit_probe(tr, va, te, label_space=names, multilabel=False, cfg=cfg)
     np.testing.assert_array_equal(r1.model.weight, r2.model.weight)
     assert r1.history == r2.history
-    # Standardised with train statistics: scaling the features by 1000 barely changes anything.
+    # reference: the features as they come.
+    assert not r1.standardized and r1.protocol == "reference"
+    assert np.all(r1.model.mean == 0) and np.all(r1.model.std == 1)
+    # balanced: standardised with train statistics, so scaling the features by 1000 barely
+    # changes anything.
+    bal = ProbeConfig(epochs=60, protocol="balanced")
+    b1 = fit_probe(tr, va, te, label_space=names, multilabel=False, cfg=bal)
     big = [ProbeData(d.X * 1000.0, d.labels) for d in (tr, va, te)]
-    r3 = fit_probe(*big, label_space=names, multilabel=False, cfg=cfg)
-    assert r3.test_metrics["accuracy"] == pytest.approx(r1.test_metrics["accuracy"], abs=0.02)
+    b2 = fit_probe(*big, label_space=names, multilabel=False, cfg=bal)
+    assert b1.standardized and b1.protocol == "balanced"
+    np.testing.assert_allclose(b1.model.mean, tr.X.mean(0), rtol=1e-4, atol=1e-5)
+    assert b2.test_metrics["accuracy"] == pytest.approx(b1.test_metrics["accuracy"], abs=0.02)
+
+
+def _torch_reference_lrs(lr: float, epochs: int) -> list[float]:
+    """configs/testing.yaml of the reference, composed by hand: SequentialLR(milestones [5]) of
+    LinearLR(0.1, total_iters 5) and CosineAnnealingWarmRestarts(T_0 20, T_mult 2, eta_min 1e-6),
+    stepped once per epoch."""
+    import warnings
+
+    import torch
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = torch.optim.lr_scheduler.SequentialLR(
+        opt,
+        [torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=5),
+         torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=20, T_mult=2, eta_min=1e-6)],
+        milestones=[5],
+    )
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+        for _ in range(epochs):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+    return out
+
+
+def test_learning_rate_schedule_per_protocol() -> None:
+    from conclugen.evaluation.probe import probe_lr
+
+    names = ["a", "b"]
+    tr, va, te = _splits(9, names, 4, sep=3.0, sizes=(40, 20, 10))
+    cfg = ProbeConfig(epochs=70, patience=1000)
+    res = fit_probe(tr, va, te, label_space=names, multilabel=False, cfg=cfg)
+    expected = _torch_reference_lrs(cfg.lr, 70)
+    assert res.epochs_run == 70
+    np.testing.assert_allclose([h["lr"] for h in res.history], expected, rtol=1e-9)
+    # Warm-up from 0.1·lr, restarts to the full lr at epochs 25 and 65 (0-based; no decay).
+    assert expected[0] == pytest.approx(0.1 * cfg.lr) and expected[5] == pytest.approx(cfg.lr)
+    assert expected[25] == pytest.approx(cfg.lr) and expected[65] == pytest.approx(cfg.lr)
+    assert expected[24] < 0.01 * cfg.lr
+    np.testing.assert_allclose([probe_lr(e, cfg) for e in range(70)], expected, rtol=1e-9)
+    bal_cfg = ProbeConfig(epochs=10, patience=1000, protocol="balanced")
+    bal = fit_probe(tr, va, te, label_space=names, multilabel=False, cfg=bal_cfg)
+    assert [h["lr"] for h in bal.history] == [bal_cfg.lr] * 10
 
 
 def test_probe_leaves_global_torch_state_alone() -> None:
@@ -155,55 +210,43 @@ def test_multilabel_mosei_path() -> None:
     tr, _ = _mosei_fixture(10, 400)
     va, _ = _mosei_fixture(11, 150)
     te, inten = _mosei_fixture(12, 300)
-    weights = class_weights_for("mosei", names, tr.labels)
-    assert weights == [1.05, 5.22, 5.34, 19.49, 7.04, 23.69]
-    res = fit_probe(
-        tr, va, te, label_space=names, multilabel=True, cfg=ProbeConfig(epochs=200), class_weights=weights
-    )
-    assert res.selection_metric == "f1_weighted"
-    assert res.best_epoch == int(np.argmax([h["val_f1_weighted"] for h in res.history])) + 1
-    assert res.test_metrics["multilabel"] and res.test_metrics["f1_weighted"] > 0.9
+    res = fit_probe(tr, va, te, label_space=names, multilabel=True, cfg=ProbeConfig(epochs=200), corpus="mosei")
+    # The reference constants weigh every split's loss.
+    assert res.class_weights == class_weights_for("mosei", names, []) and res.val_class_weights is None
+    # reference: the kept epoch is the one with the best validation (weighted per-label) accuracy.
+    assert res.selection_metric == "accuracy"
+    assert res.best_epoch == int(np.argmax([h["val_accuracy"] for h in res.history])) + 1
+    assert res.test_metrics["multilabel"] and res.test_metrics["f1_weighted"] > 0.85
     assert res.test_proba.shape == (300, 6)
     assert np.all((res.test_proba >= 0) & (res.test_proba <= 1))
     # Predictions are the labels whose sigmoid reaches the 0.5 threshold.
     assert res.test_pred == [[names[j] for j in range(6) if p[j] >= 0.5] for p in res.test_proba]
     assert sum(1 for row in te.labels if not row) > 0  # all-absent rows are kept in multi-label
     assert res.n_test == 300 and (inten > 0).sum() == sum(len(r) for r in te.labels)
+    bal = fit_probe(tr, va, te, label_space=names, multilabel=True,
+                    cfg=ProbeConfig(epochs=60, protocol="balanced"), corpus="mosei")
+    assert bal.selection_metric == "f1_weighted"
+    assert bal.best_epoch == int(np.argmax([h["val_f1_weighted"] for h in bal.history])) + 1
+    assert bal.class_weights == class_weights_for("mosei", names, tr.labels, protocol="balanced")
 
 
-def test_class_weights() -> None:
-    # MELD: the reference weights are keyed by name (see class_weights.py); in MELD_EMOTIONS' order
-    # (neutral, joy, sadness, anger, surprise, fear, disgust) they are [1, 3, 6, 4, 3, 15, 15].
-    meld = class_weights_for("meld", list(MELD_EMOTIONS), [])
-    assert meld == [1.0, 3.0, 6.0, 4.0, 3.0, 15.0, 15.0]
-    shuffled = ["fear", "neutral", "anger", "joy", "disgust", "surprise", "sadness"]
-    assert class_weights_for("MELD", shuffled, []) == [MELD_REFERENCE_WEIGHTS[x] for x in shuffled]
-    # The reference weights track the official MELD train counts' max/count ratios.
-    counts = {
-        "neutral": 4710,
-        "joy": 1743,
-        "surprise": 1205,
-        "anger": 1109,
-        "sadness": 683,
-        "disgust": 271,
-        "fear": 268,
-    }
-    ratio = {k: 4710 / v for k, v in counts.items()}
-    assert np.corrcoef([ratio[k] for k in MELD_EMOTIONS], meld)[0, 1] > 0.95
-    # CAER / synthetic / MELD sentiment: from training frequencies, max/count.
-    train = [["happy"]] * 6 + [["sad"]] * 3 + [["angry"]] * 2
-    assert class_weights_for("caer", ["angry", "happy", "sad", "fear"], train) == [3.0, 1.0, 2.0, 1.0]
-    sent = [["neutral"]] * 4 + [["positive"]] * 2 + [["negative"]]
-    assert class_weights_for("meld", ["negative", "neutral", "positive"], sent) == [4.0, 1.0, 2.0]
-    # Explicit sources: synthetic features (MELD layout) take weights from the data.
-    balanced = [[e] for e in MELD_EMOTIONS] * 3
-    assert class_weights_for("meld", list(MELD_EMOTIONS), balanced, source="data") == [1.0] * 7
-    assert class_weights_for("synthetic", list(MELD_EMOTIONS), balanced) == [1.0] * 7
-    assert class_weights_for("meld", ["a", "b"], [["a"]], source="none") == [1.0, 1.0]
-    with pytest.raises(ProbeError):
-        class_weights_for("caer", ["a", "b"], [["a"]], source="reference")
-    # Multi-label from data: negatives / positives.
-    assert frequency_weights([["a"], ["a", "b"], [], ["a"]], ["a", "b"], True) == [1 / 3, 3.0]
+def test_reference_validation_loss_uses_the_validation_split_weights() -> None:
+    # CAER: count/total per split (set_class_weights_on_model.py puts each split's on its loss).
+    names = ["a", "b", "c"]
+    tr, va, te = _splits(12, names, 8, sep=4.0, sizes=(120, 60, 30))
+    res = fit_probe(tr, va, te, label_space=names, multilabel=False, cfg=ProbeConfig(epochs=5), corpus="caer")
+
+    def share(d: ProbeData) -> list[float]:
+        return [sum(1 for r in d.labels if r == [n]) / len(d) for n in names]
+
+    assert res.class_weights == pytest.approx(share(tr)) and res.val_class_weights == pytest.approx(share(va))
+    summary = res.summary()
+    assert summary["class_weights"] == pytest.approx(dict(zip(names, share(tr), strict=True)))
+    assert summary["protocol"] == "reference" and summary["val_class_weights"].keys() == set(names)
+    # Explicit weights: the same for the validation loss.
+    fixed = fit_probe(tr, va, te, label_space=names, multilabel=False, cfg=ProbeConfig(epochs=5),
+                      class_weights=[1.0, 2.0, 3.0])
+    assert fixed.class_weights == [1.0, 2.0, 3.0] and fixed.val_class_weights is None
 
 
 def test_targets_and_errors() -> None:
@@ -318,7 +361,7 @@ def test_evaluate_multilabel_reports(tmp_path: Path) -> None:
         "video": np.concatenate([p.X for p in parts]),
     }
     cfg = Config()
-    cfg.probe.epochs = 80
+    cfg.probe.epochs = 200  # raw features and the warm-restart schedule: slower than standardised
     res = evaluate_representations(
         {"raw_features": raw_features_encoder(["video"])},
         arrays,
@@ -330,12 +373,16 @@ def test_evaluate_multilabel_reports(tmp_path: Path) -> None:
         map_method="pca",
     )
     r = res["raw_features"]
-    assert r.class_weights == [1.05, 5.22, 5.34, 19.49, 7.04, 23.69]
+    assert r.class_weights == class_weights_for("mosei", names, [])
     assert r.test_metrics["f1_weighted"] > 0.85
     assert _is_png(tmp_path / "raw_features" / "confusion.png") and _is_png(
         tmp_path / "raw_features" / "map2d.png"
     )
-    assert "exact-match" in (tmp_path / "raw_features" / "report.md").read_text()
+    rep = json.loads((tmp_path / "raw_features" / "report.json").read_text())
+    assert rep["protocol"] == "reference" and rep["selection_metric"] == "val_accuracy"
+    assert rep["class_weights"]["surprise"] == pytest.approx(19.48985481262207)
+    assert rep["class_weights"]["fear"] == pytest.approx(23.688003540039062)
+    assert 0 <= rep["test"]["exact_match"] <= rep["test"]["label_accuracy"] <= 1
 
 
 def test_log_probe_results_links_to_pretraining_run(evaluated: tuple[Path, dict], tmp_path: Path) -> None:
@@ -358,6 +405,8 @@ def test_log_probe_results_links_to_pretraining_run(evaluated: tuple[Path, dict]
     f1 = results["raw_features"].test_metrics["f1_weighted"]
     assert run.data.metrics["raw_features.test_f1_weighted"] == pytest.approx(f1)
     assert run.data.params["probe.lr"] == "0.00967" and run.data.params["x.p149"] == "149"
+    assert run.data.params["probe.protocol"] == "reference"
+    assert json.loads(run.data.params["probe.class_weights"]).keys() == {"anger", "joy", "neutral"}
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"comparison.md", "comparison.csv", "raw_features", "video_only"} <= top
     assert "raw_features/confusion.png" in {a.path for a in client.list_artifacts(run_id, "raw_features")}
@@ -365,7 +414,7 @@ def test_log_probe_results_links_to_pretraining_run(evaluated: tuple[Path, dict]
     assert sorted(c.data.tags["encoder"] for c in children) == ["raw_features", "video_only"]
     child = next(c for c in children if c.data.tags["encoder"] == "raw_features")
     assert child.data.metrics["test_f1_weighted"] == pytest.approx(f1)
-    assert child.data.tags["pretrain_run_id"] == pretrain
+    assert child.data.tags["pretrain_run_id"] == pretrain and child.data.tags["probe.protocol"] == "reference"
     curve = client.get_metric_history(child.info.run_id, "curve.val_accuracy")
     assert len(curve) == results["raw_features"].epochs_run
     assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"map2d.png", "report.md"}
