@@ -135,9 +135,12 @@ class LossesConfig(Section):
     kmeans_schedule: Literal["every_step", "warm"] = "every_step"
     kmeans_refit_every: int = Field(10, ge=1)
     # Video-only SimCLR baseline (NT-Xent between two augmented versions of a clip's video
-    # features); needs a store extracted with extract.augmentations > 0.
+    # features); needs "video" in model.modalities and a store extracted with
+    # extract.augmentations ≥ 1 (checked by training.driver.check_features). Counts as one active
+    # loss in the weighted mean. Temperature: the reference's SimCLRModel default
+    # (src/models/simclr/simclr_classification_model.py, simclr_temperature=0.07).
     simclr: float = Field(0.0, ge=0)
-    simclr_temperature: float = Field(0.1, gt=0)
+    simclr_temperature: float = Field(0.07, gt=0)
 
     @model_validator(mode="after")
     def _clustering_needs_contrastive(self) -> LossesConfig:

@@ -9,8 +9,8 @@ order of ``input_dims``, which is also the order of the cyclic contrastive pairs
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -71,6 +71,10 @@ class Decoder(nn.Module):
         return self.net(x)
 
 
+# The outputs ConCluGen.forward can compute besides the representations.
+HEADS = ("projections", "cluster_logits", "reconstructions")
+
+
 @dataclass
 class ConCluGenOutput:
     representations: dict[str, Tensor]  # [B, D]
@@ -78,6 +82,8 @@ class ConCluGenOutput:
     projections_raw: dict[str, Tensor]  # un-normalised [B, P] (input of the cluster head)
     cluster_logits: dict[str, Tensor]  # cluster_head(projections_raw) [B, K]
     reconstructions: dict[str, Tensor]  # decoder_m(rep_m) [B, input_dim_m]
+    # modality → L2-normalised projection [B, P] of a second view of that modality (SimCLR)
+    view_projections: dict[str, Tensor] = field(default_factory=dict)
 
 
 class ConCluGen(nn.Module):
@@ -131,17 +137,39 @@ class ConCluGen(nn.Module):
         self._check(feats)
         return {m: self.encoders[m](feats[m]) for m in self.modalities}
 
-    def forward(self, feats: Mapping[str, Tensor]) -> ConCluGenOutput:
+    def forward(
+        self,
+        feats: Mapping[str, Tensor],
+        views: Mapping[str, Tensor] | None = None,
+        heads: Collection[str] = HEADS,
+    ) -> ConCluGenOutput:
+        """The representations and the outputs of ``heads`` (a subset of :data:`HEADS`) on
+        ``feats``; the outputs of heads left out are empty dicts.
+
+        Only what a loss uses is computed: under DDP with ``find_unused_parameters`` a parameter
+        counts as used when it is reachable from the forward's outputs, so a head whose output
+        is returned but feeds no loss would leave DDP waiting for its gradient.
+        ``views`` (modality → a second view of that modality's features) also go through the
+        modality's representation head and the shared projection head, on their own so that
+        BatchNorm sees one view's batch (as the reference's SimCLR model does), within this one
+        forward call (one DDP forward per step)."""
+        unknown = set(heads) - set(HEADS)
+        if unknown:
+            raise ValueError(f"unknown heads {sorted(unknown)}; choose from {HEADS}")
         reps = self.represent(feats)
         # The shared projection head is applied per modality, so BatchNorm statistics are those
         # of one modality's batch (as the reference does with its shared head).
-        raw = {m: self.projection(reps[m]) for m in self.modalities}
+        project = "projections" in heads or "cluster_logits" in heads
+        raw = {m: self.projection(reps[m]) for m in self.modalities} if project else {}
         return ConCluGenOutput(
             representations=reps,
-            projections={m: F.normalize(raw[m], dim=-1) for m in self.modalities},
+            projections={m: F.normalize(r, dim=-1) for m, r in raw.items()},
             projections_raw=raw,
-            cluster_logits={m: self.cluster_head(raw[m]) for m in self.modalities},
-            reconstructions={m: self.decoders[m](reps[m]) for m in self.modalities},
+            cluster_logits={m: self.cluster_head(r) for m, r in raw.items()} if "cluster_logits" in heads else {},
+            reconstructions={m: self.decoders[m](reps[m]) for m in self.modalities}
+            if "reconstructions" in heads else {},
+            view_projections={m: F.normalize(self.projection(self.encoders[m](x)), dim=-1)
+                              for m, x in (views or {}).items()},
         )
 
 

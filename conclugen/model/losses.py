@@ -16,6 +16,8 @@ gradient, averaged over ranks by DDP, equals the gradient of the global-batch lo
   *averages*, so each rank returns ``world_size · L_r``: its DDP mean is exactly ``∇L_global``
   and the mean of the returned values over ranks is ``L_global``. (With one process this is the
   ordinary loss.) To log the global value, average the returned value over ranks.
+- The SimCLR loss (:func:`nt_xent`) follows the same convention: each rank gathers both views
+  and computes only its own rows of the global 2N × 2N similarity matrix.
 """
 
 from __future__ import annotations
@@ -77,6 +79,37 @@ def mms_contrastive(projections: Mapping[str, Tensor], margin: float = 0.001, ga
         cols = _margin_ce_sum(zb @ glob[a].T, target, margin)
         total = total + (rows + cols)
     return total * (ws / n_global)
+
+
+def nt_xent(view_a: Tensor, view_b: Tensor, temperature: float = 0.07, gather: bool = False) -> Tensor:
+    """SimCLR's NT-Xent between two views of the same clips (row i of ``view_a`` and of ``view_b``).
+
+    With ``z = normalise(concat(view_a, view_b))`` ([2N, P]) and ``S = z zᵀ / τ``, row k's loss is
+    the cross-entropy of ``S[k, j ≠ k]`` against its other view (k ± N), averaged over the 2N
+    rows, as in the reference's ``SimCLRLoss`` (src/losses/simclr_loss.py: normalise, drop the
+    diagonal, the positive against all 2N − 2 negatives, ``CrossEntropyLoss`` mean). With
+    ``gather=True`` under torch.distributed the negatives are those of the global batch and
+    each rank computes only its own 2n rows; see the module docstring for the value/gradient
+    convention.
+    """
+    if view_a.shape != view_b.shape:
+        raise ValueError(f"the two views differ in shape: {tuple(view_a.shape)} vs {tuple(view_b.shape)}")
+    za, zb = F.normalize(view_a, dim=1), F.normalize(view_b, dim=1)
+    if gather:
+        _, ws = world()
+        ga, offset = gather_with_grad_offset(za)
+        gb, _ = gather_with_grad_offset(zb)
+    else:
+        ws, ga, gb, offset = 1, za, zb, 0
+    n, n_global = za.shape[0], ga.shape[0]
+    keys = torch.cat([ga, gb])  # global rows: view a 0..N-1, view b N..2N-1
+    own = torch.arange(n, device=za.device) + offset
+    rows = torch.cat([own, own + n_global])  # this rank's rows of the global matrix
+    positives = torch.cat([own + n_global, own])
+    logits = torch.cat([za, zb]) @ keys.T / temperature
+    self_sim = F.one_hot(rows, 2 * n_global).bool()
+    logits = logits.masked_fill(self_sim, float("-inf"))
+    return F.cross_entropy(logits, positives, reduction="sum") * (ws / (2 * n_global))
 
 
 def clustering(

@@ -6,11 +6,17 @@ exactly ``steps`` equal local batches per epoch on every rank (gloo needs equal 
 partial global batch is dropped), streamed from its shard each epoch (:func:`iter_fixed`) or, for
 materialised datasets, read once into memory and batched like a plain PyTorch loop
 (:class:`ShardCache`).
+
+A store extracted with ``extract.augmentations`` = N > 0 also carries the ``<modality>_aug``
+columns and ``clip_id`` into the training dataset; each training row then gets one augmented
+version per modality and epoch (:class:`Versions`, drawn from (seed, epoch, modality, clip_id),
+so the draw does not depend on the rank, the shard or the batch a row lands in). Validation
+always reads the plain vectors. See docs/method.md, Pretraining.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +24,8 @@ import numpy as np
 import torch
 
 from conclugen import storage
-from conclugen.features.store import features_uri
+from conclugen.features.store import aug_column, features_uri, read_meta
+from conclugen.features.versions import version_index
 from conclugen.training.errors import PretrainError
 
 if TYPE_CHECKING:
@@ -26,18 +33,28 @@ if TYPE_CHECKING:
 
 TRAIN_SPLITS = ("train", "unlabeled")
 VAL_SPLITS = ("val",)
+CLIP_ID = "clip_id"
 
-Batch = dict[str, torch.Tensor]  # modality → float32 [local batch, dim]
+Batch = dict[str, torch.Tensor]  # modality (or second_view_key(modality)) → float32 [local batch, dim]
+
+
+def second_view_key(modality: str) -> str:
+    """The batch key of a modality's second version (the SimCLR view; see :class:`Versions`)."""
+    return f"{modality}@view2"
 
 
 def stack_vectors(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Parquet list<float> columns → fixed-shape float32 [n, dim] tensor columns, done once in Ray
-    Data so the training step receives ready matrices (no per-step np.stack of object arrays)."""
-    return {k: (np.stack(v) if v.dtype == object else v).astype(np.float32, copy=False) for k, v in batch.items()}
+    Data so the training step receives ready matrices (no per-step np.stack of object arrays).
+    ``clip_id`` passes through unchanged."""
+    return {k: v if k == CLIP_ID else (np.stack(v) if v.dtype == object else v).astype(np.float32, copy=False)
+            for k, v in batch.items()}
 
 
 def build_datasets(features_root: str, cfg: Config, has_val: bool, stream: bool | None = None) -> dict[str, Any]:
-    """Ray Data datasets ``train`` (and ``val``) with the modality columns only.
+    """Ray Data datasets ``train`` (and ``val``) with the modality columns only; ``train`` also has
+    ``clip_id`` and the ``<modality>_aug`` columns when the store holds augmented versions
+    (meta.json ``augmentations`` > 0).
 
     When the feature files take under a quarter of the object store they are materialised once
     here, so epochs stream from the object store instead of re-reading Parquet each epoch
@@ -49,44 +66,130 @@ def build_datasets(features_root: str, cfg: Config, has_val: bool, stream: bool 
     import ray.data
     from ray.data.expressions import col
 
+    mods = list(cfg.model.modalities)
+    augmented = read_meta(features_root, cfg.storage).augmentations > 0
+    train_cols = [CLIP_ID, *mods, *(aug_column(m) for m in mods)] if augmented else mods
     fs, path = storage.resolve(features_uri(features_root), cfg.storage)
     files = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     size = sum(f.size or 0 for f in files if f.path.endswith(".parquet"))
-    ds = ray.data.read_parquet(path, filesystem=fs).select_columns(["split", *cfg.model.modalities])
+    ds = ray.data.read_parquet(path, filesystem=fs).select_columns(list(dict.fromkeys(["split", *train_cols])))
     ds.context.enable_progress_bars = False  # the per-epoch line is the progress report
     store = ray.available_resources().get("object_store_memory", 0)
     # Parquet of float vectors barely compresses: file size ≈ memory.
     small = size * 4 < store if stream is None else not stream
     out = {}
-    for key, splits in (("train", TRAIN_SPLITS), ("val", VAL_SPLITS)):
+    for key, splits, cols in (("train", TRAIN_SPLITS, train_cols), ("val", VAL_SPLITS, mods)):
         if key == "val" and not has_val:
             continue
-        part = ds.filter(expr=col("split").is_in(list(splits))).select_columns(
-            list(cfg.model.modalities)
-        ).map_batches(stack_vectors, batch_format="numpy", zero_copy_batch=False)
+        part = ds.filter(expr=col("split").is_in(list(splits))).select_columns(list(cols)).map_batches(
+            stack_vectors, batch_format="numpy", zero_copy_batch=False
+        )
         out[key] = part.materialize() if small else part
     return out
 
 
+def _tensor(col: Any, device: torch.device) -> torch.Tensor:
+    """One numeric batch column → float32 [n, width] on ``device``."""
+    if isinstance(col, torch.Tensor):
+        t = col
+    else:
+        arr = col if (isinstance(col, np.ndarray) and col.dtype != object) else np.stack(col)
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    return t.reshape(t.shape[0], -1).to(device=device, dtype=torch.float32, non_blocking=True)
+
+
 def feats_from_batch(batch: Mapping[str, Any], modalities: list[str], device: torch.device) -> Batch:
     """A Ray Data numpy batch → float32 [n, dim] tensors on ``device``, one per modality."""
-    out = {}
-    for m in modalities:
-        col = batch[m]
-        if isinstance(col, torch.Tensor):
-            t = col
-        else:
-            arr = col if (isinstance(col, np.ndarray) and col.dtype != object) else np.stack(col)
-            t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-        out[m] = t.reshape(t.shape[0], -1).to(device=device, dtype=torch.float32, non_blocking=True)
-    return out
+    return {m: _tensor(batch[m], device) for m in modalities}
+
+
+def pick(plain: torch.Tensor, views: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Row i's version ``index[i]``: 0 = ``plain[i]`` [n, dim], v ≥ 1 = ``views[i, v-1]`` [n, N, dim]
+    (:func:`conclugen.features.versions.select_versions` on tensors, so cached rows stay on their
+    device)."""
+    rows = torch.arange(plain.shape[0], device=plain.device)
+    chosen = views[rows, (index - 1).clamp(min=0)]
+    return torch.where((index > 0)[:, None], chosen, plain)
+
+
+@dataclass(frozen=True)
+class Versions:
+    """Which version of each training row a worker uses (docs/method.md, Pretraining).
+
+    ``n``: augmented versions in the store (meta.json ``augmentations``; 0 = none, plain only).
+    Every training row gets, per modality and epoch, one of the augmented versions 1..N, drawn
+    by :func:`conclugen.features.versions.version_index` from (``seed``, epoch, modality,
+    clip_id). The plain version is not among the choices: the reference's training split lists
+    only the augmented feature folders (aug1..aug10) and draws among them, while val/test read
+    the plain features (src/data/datasets/video_dataset.py,
+    ``PrecomputedFeaturesVideoClassificationDataset._load_possibly_augmented_samples``, and
+    src/data/datamodules/video_datamodule.py, ``_add_augmented_data_key``).
+
+    ``second``: modalities that also get a second, different version under
+    :func:`second_view_key` (the SimCLR views). It is drawn uniformly among the other N − 1
+    augmented versions (the reference pops two distinct indices from the augmented list); with
+    N = 1 the only other version is the plain one *(ours: the reference needs N ≥ 2)*.
+    """
+
+    n: int = 0
+    seed: int = 0
+    second: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return self.n > 0
+
+    def draw(self, clip_ids: Sequence[str], modalities: Sequence[str], epoch: int) -> dict[str, np.ndarray]:
+        """Batch key → the version of every row (see the class docstring)."""
+        out: dict[str, np.ndarray] = {}
+        for m in modalities:
+            first = version_index(clip_ids, m, epoch, self.seed, range(1, self.n + 1))
+            out[m] = first
+            if m in self.second:
+                if self.n == 1:
+                    out[second_view_key(m)] = np.zeros_like(first)
+                else:  # a shift of 1..N-1 within the augmented versions: never the first one
+                    shift = version_index(clip_ids, second_view_key(m), epoch, self.seed, range(1, self.n))
+                    out[second_view_key(m)] = (first - 1 + shift) % self.n + 1
+        return out
+
+    def select(self, tensors: Mapping[str, torch.Tensor], clip_ids: Sequence[str], modalities: Sequence[str],
+               epoch: int) -> Batch:
+        """Rows' plain vectors (``tensors[m]`` [n, dim]) and their augmented versions
+        (``tensors[aug_column(m)]`` [n, N·dim]) → the drawn version per batch key."""
+        of = {**{m: m for m in modalities}, **{second_view_key(m): m for m in modalities}}
+        out: Batch = {}
+        for key, index in self.draw(clip_ids, modalities, epoch).items():
+            m = of[key]
+            plain = tensors[m]
+            views = tensors[aug_column(m)].reshape(plain.shape[0], self.n, -1)
+            out[key] = pick(plain, views, torch.from_numpy(index).to(plain.device))
+        return out
+
+
+def _clip_ids(batch: Mapping[str, Any]) -> list[str]:
+    if CLIP_ID not in batch:
+        raise PretrainError("the training data has no clip_id column: a store with augmented versions "
+                            "needs datasets built by conclugen.training.data.build_datasets")
+    return [str(c) for c in batch[CLIP_ID]]
+
+
+def _train_batch(batch: Mapping[str, Any], modalities: list[str], device: torch.device,
+                 versions: Versions | None, epoch: int) -> Batch:
+    """A Ray Data batch → the step's tensors: plain vectors, or each row's drawn versions."""
+    if versions is None or not versions.active:
+        return feats_from_batch(batch, modalities, device)
+    tensors = {c: _tensor(batch[c], device) for m in modalities for c in (m, aug_column(m))}
+    return versions.select(tensors, _clip_ids(batch), modalities, epoch)
 
 
 def iter_fixed(
-    shard: Any, local_batch: int, steps: int, seed: int | None, modalities: list[str], device: torch.device
+    shard: Any, local_batch: int, steps: int, seed: int | None, modalities: list[str], device: torch.device,
+    versions: Versions | None = None, epoch: int = 0,
 ) -> Iterator[Batch]:
-    """Exactly ``steps`` full local batches. The shard is consumed to its end (breaking out of a
-    streaming split early would stall the other ranks' next epoch)."""
+    """Exactly ``steps`` full local batches (with ``versions``: each row's version for ``epoch``).
+    The shard is consumed to its end (breaking out of a streaming split early would stall the
+    other ranks' next epoch)."""
     it = shard.iter_batches(
         batch_size=local_batch,
         batch_format="numpy",
@@ -98,7 +201,7 @@ def iter_fixed(
     n = 0
     for batch in it:
         if n < steps:
-            yield feats_from_batch(batch, modalities, device)
+            yield _train_batch(batch, modalities, device, versions, epoch)
         n += 1
     if n < steps:
         raise PretrainError(f"this worker's data shard gave {n} full batches, expected {steps}")
@@ -108,17 +211,26 @@ class ShardCache:
     """A worker's whole shard as tensors, read once through Ray Data (first epoch) and then
     batched in memory like a plain PyTorch loop: a seeded permutation per epoch and fixed-size
     slices. Used when the datasets were small enough to materialise; each rank keeps its own rows
-    (Ray Data's equal split), so the per-step cost is that of an in-process loop."""
+    (Ray Data's equal split), so the per-step cost is that of an in-process loop. With
+    ``versions`` it also keeps the augmented columns and the clip ids, and each batch gets the
+    rows' versions for the epoch."""
 
-    def __init__(self, shard: Any, modalities: list[str], device: torch.device) -> None:
-        parts: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
+    def __init__(self, shard: Any, modalities: list[str], device: torch.device,
+                 versions: Versions | None = None) -> None:
+        self.modalities, self.versions = modalities, versions if versions is not None and versions.active else None
+        cols = [c for m in modalities for c in ((m, aug_column(m)) if self.versions else (m,))]
+        parts: dict[str, list[torch.Tensor]] = {c: [] for c in cols}
+        ids: list[str] = []
         for batch in shard.iter_batches(batch_size=4096, batch_format="numpy", prefetch_batches=1):
-            for m, t in feats_from_batch(batch, modalities, torch.device("cpu")).items():
-                parts[m].append(t)
-        self.tensors = {m: torch.cat(v).to(device) for m, v in parts.items()}
+            for c in cols:
+                parts[c].append(_tensor(batch[c], torch.device("cpu")))
+            if self.versions:
+                ids += _clip_ids(batch)
+        self.tensors = {c: torch.cat(v).to(device) for c, v in parts.items()}
+        self.clip_ids = np.asarray(ids, dtype=object)
         self.n = next(iter(self.tensors.values())).shape[0]
 
-    def batches(self, local_batch: int, steps: int, seed: int | None) -> Iterator[Batch]:
+    def batches(self, local_batch: int, steps: int, seed: int | None, epoch: int = 0) -> Iterator[Batch]:
         if self.n < steps * local_batch:
             raise PretrainError(f"this worker's data shard has {self.n} rows, expected ≥ {steps * local_batch}")
         if seed is None:
@@ -127,8 +239,13 @@ class ShardCache:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
         device = next(iter(self.tensors.values())).device
         for s in range(steps):
-            idx = order[s * local_batch : (s + 1) * local_batch].to(device)
-            yield {m: t[idx] for m, t in self.tensors.items()}
+            rows = order[s * local_batch : (s + 1) * local_batch]
+            idx = rows.to(device)
+            if self.versions is None:
+                yield {m: self.tensors[m][idx] for m in self.modalities}
+            else:
+                sub = {c: t[idx] for c, t in self.tensors.items()}
+                yield self.versions.select(sub, list(self.clip_ids[rows.numpy()]), self.modalities, epoch)
 
 
 def val_batch_size(n_val: int, global_batch: int, workers: int) -> int:
@@ -159,7 +276,9 @@ class BatchPlan:
 
 class WorkerBatches:
     """A worker's batches for each epoch: its shards streamed through Ray Data every epoch, or
-    (``cache``) read into memory once (:class:`ShardCache`) and permuted per epoch."""
+    (``cache``) read into memory once (:class:`ShardCache`) and permuted per epoch. Training rows
+    get their versions for the epoch from ``versions`` (when the store has augmented versions);
+    validation reads the plain vectors."""
 
     def __init__(
         self,
@@ -172,18 +291,21 @@ class WorkerBatches:
         seed: int,
         rank: int,
         cache: bool,
+        versions: Versions | None = None,
     ) -> None:
         self.plan, self.modalities, self.device = plan, modalities, device
         self.seed, self.rank = seed, rank
+        self.versions = versions if versions is not None and versions.active else None
         self.train_shard, self.val_shard = train_shard, val_shard if plan.has_val else None
-        self.train_cache = ShardCache(train_shard, modalities, device) if cache else None
+        self.train_cache = ShardCache(train_shard, modalities, device, self.versions) if cache else None
         self.val_cache = ShardCache(val_shard, modalities, device) if cache and self.val_shard is not None else None
 
     def train(self, epoch: int) -> Iterator[Batch]:
         p = self.plan
         if self.train_cache is not None:
-            return self.train_cache.batches(p.local_batch, p.steps, self.seed + 1000 * epoch + self.rank)
-        return iter_fixed(self.train_shard, p.local_batch, p.steps, self.seed + epoch, self.modalities, self.device)
+            return self.train_cache.batches(p.local_batch, p.steps, self.seed + 1000 * epoch + self.rank, epoch)
+        return iter_fixed(self.train_shard, p.local_batch, p.steps, self.seed + epoch, self.modalities, self.device,
+                          self.versions, epoch)
 
     def val(self) -> Iterator[Batch]:
         p = self.plan

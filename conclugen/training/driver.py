@@ -39,6 +39,7 @@ from conclugen.training.run_folder import (
     read_worker_error,
     state_uri,
 )
+from conclugen.training.step import SIMCLR_MODALITY
 from conclugen.training.worker import WorkerConfig, train_loop_per_worker
 
 
@@ -91,8 +92,19 @@ def check_features(features_root: str, cfg: Config) -> tuple[FeatureMeta, dict[s
             f"the contrastive loss needs two modalities; model.modalities={cfg.model.modalities} "
             "(set losses.contrastive=0 and losses.clustering=0 for reconstruction only)"
         )
+    if cfg.losses.simclr > 0 and SIMCLR_MODALITY not in cfg.model.modalities:
+        raise PretrainError(
+            f"losses.simclr > 0 contrasts two versions of the {SIMCLR_MODALITY} features; "
+            f"model.modalities={cfg.model.modalities} has no {SIMCLR_MODALITY}"
+        )
     meta = read_meta(features_root, cfg.storage)
     check_meta(meta, cfg.model.modalities)
+    if cfg.losses.simclr > 0 and meta.augmentations < 1:
+        raise PretrainError(
+            f"losses.simclr > 0 needs augmented versions of each clip, but {features_root} was extracted "
+            "without them (meta.json augmentations=0): re-extract with extract.augmentations=N "
+            "(N ≥ 2 for two augmented views; the reference uses 10)"
+        )
     bad = {m: meta.dims[m] for m in cfg.model.modalities if int(meta.dims[m]) < 1}
     if bad:
         raise FeatureStoreError(f"features have empty vectors for {bad}")

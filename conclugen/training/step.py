@@ -1,4 +1,4 @@
-"""One process's training step: heads, the three losses, online k-means, AdamW and the schedule.
+"""One process's training step: heads, the losses, online k-means, AdamW and the schedule.
 
 :class:`Stepper` is shared by the Ray Train loop (:mod:`conclugen.training.worker`) and the plain
 PyTorch loop of ``benchmarks/train.py``, so both do exactly the same work per step. Training and
@@ -22,14 +22,17 @@ import torch
 from conclugen.model.distributed import all_reduce_sum, world
 from conclugen.model.heads import ConCluGen, to_sync_batchnorm
 from conclugen.model.kmeans import OnlineKMeans
-from conclugen.model.losses import clustering, combine, mms_contrastive, reconstruction
-from conclugen.training.errors import NonFiniteLossError
+from conclugen.model.losses import clustering, combine, mms_contrastive, nt_xent, reconstruction
+from conclugen.training.data import second_view_key
+from conclugen.training.errors import NonFiniteLossError, PretrainError
 from conclugen.training.schedule import make_scheduler
 
 if TYPE_CHECKING:
     from conclugen.config import Config
 
-LOSS_NAMES = ("contrastive", "clustering", "reconstruction")
+LOSS_NAMES = ("contrastive", "clustering", "reconstruction", "simclr")
+# The SimCLR baseline contrasts two versions of the video features (docs/method.md, Losses).
+SIMCLR_MODALITY = "video"
 
 
 def seed_all(seed: int) -> None:
@@ -72,6 +75,10 @@ class Stepper:
         self.input_dims = {m: int(input_dims[m]) for m in self.modalities}
         self.weights = {n: float(getattr(cfg.losses, n)) for n in LOSS_NAMES}
         self.names = [n for n in LOSS_NAMES if self.weights[n] > 0]  # the losses logged, in order
+        if self.weights["simclr"] > 0 and SIMCLR_MODALITY not in self.modalities:
+            raise PretrainError(f"losses.simclr > 0 needs {SIMCLR_MODALITY!r} in model.modalities={self.modalities}")
+        # Modalities whose training batches carry a second version (second_view_key).
+        self.second_views = (SIMCLR_MODALITY,) if self.weights["simclr"] > 0 else ()
         model = ConCluGen.from_config(cfg.model, self.input_dims)
         # On its device before the optimizer holds its parameters (prepare_model's move is then a no-op).
         self.model = (to_sync_batchnorm(model) if sync_batchnorm else model).to(self.device)
@@ -97,8 +104,10 @@ class Stepper:
         self.module = wrap(self.model)
 
     def find_unused(self) -> bool:
-        """DDP must tolerate parameters without gradient when a head's loss is (sometimes) off."""
-        return min(self.weights.values()) == 0 or self.cfg.losses.kmeans_start_epoch > 0
+        """DDP must tolerate parameters without gradient when a head's loss is (sometimes) off
+        (SimCLR only adds uses of the video and projection heads, so it leaves nothing unused)."""
+        heads = [self.weights[n] for n in ("contrastive", "clustering", "reconstruction")]
+        return min(heads) == 0 or self.cfg.losses.kmeans_start_epoch > 0
 
     @property
     def lr(self) -> float:
@@ -116,18 +125,39 @@ class Stepper:
         self.scheduler.load_state_dict(payload["scheduler"])
 
     def losses(self, feats: Mapping[str, torch.Tensor], epoch: int, train: bool) -> dict[str, torch.Tensor]:
-        """The active losses of one batch (clustering from ``losses.kmeans_start_epoch`` on)."""
+        """The active losses of one batch (clustering from ``losses.kmeans_start_epoch`` on).
+
+        SimCLR contrasts ``feats["video"]`` with the batch's second video version
+        (``second_view_key("video")``). Validation batches have none (validation reads the plain
+        version): both views are then the plain vector, so the validation SimCLR term measures
+        only how far apart different clips are *(ours)*."""
         L = self.cfg.losses
-        out = self.module(feats)
+        views = {m: feats[second_view_key(m)] for m in self.second_views if second_view_key(m) in feats}
+        if train and len(views) < len(self.second_views):
+            raise PretrainError(f"losses.simclr needs a second version of {list(self.second_views)} in each "
+                                "training batch: train on a store extracted with extract.augmentations ≥ 1")
+        cluster = self.weights["clustering"] > 0 and epoch >= L.kmeans_start_epoch
+        out = self.module(feats, views=views, heads=self._heads(cluster))
         losses: dict[str, torch.Tensor] = {}
         if self.weights["contrastive"] > 0:
             losses["contrastive"] = mms_contrastive(out.projections, margin=L.margin, gather=self.distributed)
-        if self.weights["clustering"] > 0 and epoch >= L.kmeans_start_epoch:
+        if cluster:
             fused = torch.stack([out.cluster_logits[m] for m in self.modalities]).mean(0).detach()
             losses["clustering"] = self._clustering(out.cluster_logits, fused, train)
         if self.weights["reconstruction"] > 0:
             losses["reconstruction"] = reconstruction(out.reconstructions, feats)
+        if self.weights["simclr"] > 0:
+            za = out.projections[SIMCLR_MODALITY]
+            zb = out.view_projections.get(SIMCLR_MODALITY, za)
+            losses["simclr"] = nt_xent(za, zb, temperature=L.simclr_temperature, gather=self.distributed)
         return losses
+
+    def _heads(self, cluster: bool) -> list[str]:
+        """The model outputs this step's losses use; only those are computed (see
+        :meth:`conclugen.model.heads.ConCluGen.forward`: an output no loss uses breaks DDP)."""
+        w = self.weights
+        return [h for h, used in (("projections", w["contrastive"] > 0 or w["simclr"] > 0),
+                                  ("cluster_logits", cluster), ("reconstructions", w["reconstruction"] > 0)) if used]
 
     def _clustering(self, cluster_logits: Mapping[str, torch.Tensor], fused: torch.Tensor, train: bool) -> torch.Tensor:
         # k-means on NaN/inf input fails obscurely (or hangs a collective): every rank learns

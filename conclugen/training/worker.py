@@ -26,7 +26,7 @@ import torch
 from conclugen import tracking
 from conclugen.config import Config
 from conclugen.model.distributed import all_reduce_sum
-from conclugen.training.data import BatchPlan, WorkerBatches
+from conclugen.training.data import BatchPlan, Versions, WorkerBatches
 from conclugen.training.errors import NonFiniteLossError
 from conclugen.training.run_folder import (
     CHECKPOINT_FILE,
@@ -103,9 +103,12 @@ def train_loop_per_worker(wc: WorkerConfig) -> None:
         return
     stepper = _stepper(wc, cfg, ws, payload)
     plan = BatchPlan.for_world(wc.n_train, wc.n_val, wc.global_batch, wc.val_batch, ws)
+    # Augmented versions (meta.json "augmentations"): drawn per row, modality and epoch from the seed.
+    versions = Versions(int(wc.meta.get("augmentations", 0)), cfg.train.seed, stepper.second_views)
     batches = WorkerBatches(
         ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val") if plan.has_val else None,
         plan, stepper.modalities, stepper.device, seed=cfg.train.seed, rank=rank, cache=wc.cache_shards,
+        versions=versions,
     )
     for epoch in range(progress.start_epoch, cfg.train.epochs):
         try:

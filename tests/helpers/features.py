@@ -3,7 +3,9 @@ training/probe tests.
 
 Rows are random but structured: each label has one centre per modality and a clip's vector is
 its label's centre plus noise (non-negative, like post-ReLU backbone features), so the modalities
-agree about which clips belong together and training has a signal to find.
+agree about which clips belong together and training has a signal to find. With
+``augmentations`` = N > 0 each row also has N augmented versions per modality (the plain vector
+plus fresh noise) in the ``<modality>_aug`` columns, as ``extract.augmentations`` writes them.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ def write_feature_store(
     seed: int = 0,
     cfg: StorageConfig | None = None,
     noise: float = 0.3,
+    augmentations: int = 0,
 ) -> F.FeatureMeta:
     """Write features/*.parquet (``shards`` files) and meta.json under ``root``; returns the meta.
 
     ``splits`` maps split name → row count (default: 96 train, 32 val, 16 test).
+    ``augmentations``: N augmented versions per clip and modality (0 = plain columns only).
     """
     splits = dict(splits or {"train": 96, "val": 32, "test": 16})
     n = sum(splits.values())
@@ -63,7 +67,13 @@ def write_feature_store(
          **{m: arr[m][i].tolist() for m in dims}}
         for i in range(n)
     ]
-    writer = F.ShardWriter(root, cfg, tag="tiny", schema=F.feature_schema(dims))
+    if augmentations > 0:
+        rng = np.random.default_rng(seed + 2)  # its own stream: the plain rows stay those without versions
+        for m, d in dims.items():
+            views = np.maximum(arr[m][:, None, :] + noise * rng.normal(size=(n, augmentations, d)), 0.0)
+            for i, row in enumerate(rows):
+                row[F.aug_column(m)] = views[i].astype(np.float32).reshape(-1).tolist()
+    writer = F.ShardWriter(root, cfg, tag="tiny", schema=F.feature_schema(dims, augmentations=augmentations))
     per = -(-n // shards)
     for s in range(shards):
         writer.write(F.FEATURES_DIR, rows[s * per : (s + 1) * per])
@@ -73,6 +83,8 @@ def write_feature_store(
         label_space=list(labels),
         multilabel=False,
         backbones={m: F.BackboneInfo(name=f"test:{m}", dim=d, trained=False) for m, d in dims.items()},
+        augmentations=augmentations,
+        augmentation={m: "test: the plain vector plus Gaussian noise" for m in dims} if augmentations else {},
     )
     F.write_meta(root, meta, cfg)
     return meta

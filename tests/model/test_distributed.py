@@ -6,6 +6,8 @@ and the tests compare them with single-process computations on the concatenated 
 - mms_contrastive(gather=True) under DDP: the mean over ranks of the returned values equals the
   global loss, DDP's averaged parameter gradients equal the global gradients, and the input
   gradient on each rank is world_size × the global one (DDP divides parameter gradients only);
+- nt_xent(gather=True) (SimCLR, both views through one shared head in one DDP forward): the same
+  three equalities;
 - distributed k-means (given init, K > N with re-seeding, rank-0 random init) and OnlineKMeans
   with a queue, against single-process k-means on the concatenated data with the same init.
 """
@@ -26,7 +28,7 @@ from torch import nn
 
 from conclugen.model.distributed import all_reduce_sum, gather_with_grad, world
 from conclugen.model.kmeans import OnlineKMeans, kmeans, random_init
-from conclugen.model.losses import mms_contrastive
+from conclugen.model.losses import mms_contrastive, nt_xent
 
 # Spawning two processes and DDP's first construction (it imports torch._dynamo) take ~20–60 s.
 pytestmark = pytest.mark.slow
@@ -68,6 +70,11 @@ CONTRASTIVE_CASES = [
     ("3mod_f64_unequal", MODS, (4, 7), torch.float64, 0.2),
     ("3mod_f32", MODS, (16, 16), torch.float32, 0.001),
 ]
+SIMCLR_CASES = [
+    # (name, per-rank batch sizes, dtype, temperature)
+    ("f64_unequal", (3, 6), torch.float64, 0.07),
+    ("f32", (16, 16), torch.float32, 0.5),
+]
 KMEANS_CASES = [
     # (name, per-rank sizes, dim, k, iters, assignment backend). The backend is fixed on both
     # sides: faiss and torch agree except on float near-ties, which K > N makes common (points
@@ -75,6 +82,23 @@ KMEANS_CASES = [
     ("given_init", (50, 70), 5, 6, 40, "faiss"),
     ("k_exceeds_points", (3, 2), 3, 8, 5, "torch"),
 ]
+
+
+class _TwoViews(nn.Module):
+    """Both SimCLR views through one shared head, in one forward (as ConCluGen's ``views``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(12)
+        self.lin = nn.Linear(IN_DIM, P)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tanh(self.lin(a)), torch.tanh(self.lin(b))
+
+
+def _simclr_inputs(sizes: tuple[int, ...], dtype: torch.dtype) -> list[list[torch.Tensor]]:
+    a, b = _data(200, sizes, IN_DIM, dtype), _data(201, sizes, IN_DIM, dtype)
+    return [[a[r], b[r]] for r in range(len(sizes))]
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -104,6 +128,18 @@ def _worker(rank: int, port: int, out: str) -> None:
                 "loss": loss.detach(),
                 "param_grads": {n: p.grad.clone() for n, p in model.named_parameters()},
                 "input_grads": {m: v.grad.clone() for m, v in feats.items()},
+            }
+
+        for name, sizes, dtype, temperature in SIMCLR_CASES:
+            model = _TwoViews().to(dtype)
+            ddp = nn.parallel.DistributedDataParallel(model)
+            views = [v.clone().requires_grad_() for v in _simclr_inputs(sizes, dtype)[rank]]
+            loss = nt_xent(*ddp(*views), temperature=temperature, gather=True)
+            loss.backward()
+            res[f"simclr_{name}"] = {
+                "loss": loss.detach(),
+                "param_grads": {n: p.grad.clone() for n, p in model.named_parameters()},
+                "input_grads": [v.grad.clone() for v in views],
             }
 
         for name, sizes, dim, k, iters, backend in KMEANS_CASES:
@@ -194,6 +230,30 @@ def test_contrastive_matches_single_process_global_batch(ranks: list[dict[str, A
     assert max(float(p.grad.abs().max()) for p in model.parameters()) > 1e-3
 
 
+@pytest.mark.parametrize("case", SIMCLR_CASES, ids=[c[0] for c in SIMCLR_CASES])
+def test_simclr_matches_single_process_global_batch(ranks: list[dict[str, Any]], case: tuple) -> None:
+    name, sizes, dtype, temperature = case
+    model = _TwoViews().to(dtype)
+    shards = _simclr_inputs(sizes, dtype)
+    views = [torch.cat([s[i] for s in shards]).requires_grad_() for i in range(2)]
+    loss = nt_xent(*model(*views), temperature=temperature)
+    loss.backward()
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    got = [r[f"simclr_{name}"] for r in ranks]
+    devs = {"value": _max_dev(sum(g["loss"] for g in got) / WS, loss.detach())}
+    devs["param_grad"] = max(_max_dev(g["param_grads"][n], p.grad) for g in got for n, p in model.named_parameters())
+    offsets = [0, sizes[0]]
+    devs["input_grad"] = max(
+        _max_dev(g["input_grads"][i] / WS, views[i].grad[offsets[r] : offsets[r] + sizes[r]])
+        for r, g in enumerate(got) for i in range(2)
+    )
+    print(f"\n[max deviation] simclr {name}: {devs} (loss {loss.item():.6f})")
+    assert all(v <= tol * max(1.0, loss.item()) for v in devs.values()), devs
+    # Not vacuous: the gradient is non-zero, and each rank's own value is not the global one.
+    assert max(float(p.grad.abs().max()) for p in model.parameters()) > 1e-3
+    assert abs(float(got[0]["loss"]) - loss.item()) > 1e-6
+
+
 @pytest.mark.parametrize("case", KMEANS_CASES, ids=[c[0] for c in KMEANS_CASES])
 def test_distributed_kmeans_matches_single_process(ranks: list[dict[str, Any]], case: tuple) -> None:
     name, sizes, dim, k, iters, backend = case
@@ -223,7 +283,8 @@ def test_distributed_online_kmeans_with_queue(ranks: list[dict[str, Any]]) -> No
     worst = 0.0
     for step in range(3):
         xb = _data(20 + step, (12, 12), 4, torch.float32)
-        local = [torch.cat(hist[r][-2:] + [xb[r]]) for r in range(WS)]
+        # the queue (2 batches) joins the k-means input only once full: from step 2 on
+        local = [torch.cat(hist[r][-2:] + [xb[r]]) if step >= 2 else xb[r] for r in range(WS)]
         c_ref, l_ref = kmeans(torch.cat(local), 4, init=random_init(local[0], 4, 3 + step), backend="torch")
         (c0, a0), (c1, a1) = ranks[0]["online"][step], ranks[1]["online"][step]
         assert torch.equal(c0, c1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conclugen.model.losses import clustering, combine, mms_contrastive, reconstruction
+from conclugen.model.losses import clustering, combine, mms_contrastive, nt_xent, reconstruction
 
 
 def _np_ce(logits: np.ndarray, target: np.ndarray) -> float:
@@ -142,3 +142,43 @@ def test_combine_gradient_flows_only_through_active_losses() -> None:
     combine({"x": a * 3, "y": b * 4}, {"x": 2.0, "y": 0.0}).backward()
     assert a.grad.item() == pytest.approx(6.0)
     assert b.grad is None
+
+
+def _np_nt_xent(a: np.ndarray, b: np.ndarray, t: float) -> float:
+    """NT-Xent from its equation: z = normalised [a; b], s_kj = z_k·z_j / τ, positive p(k) = k ± N,
+    ℓ_k = −log(exp(s_k,p(k)) / Σ_{j≠k} exp(s_kj)), mean over the 2N rows."""
+    z = np.concatenate([a, b])
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(a)
+    total = 0.0
+    for k in range(2 * n):
+        p = (k + n) % (2 * n)
+        s = np.array([z[k] @ z[j] / t for j in range(2 * n) if j != k])
+        pos = z[k] @ z[p] / t
+        total += -(pos - (s.max() + np.log(np.exp(s - s.max()).sum())))
+    return total / (2 * n)
+
+
+@pytest.mark.parametrize("t", [0.07, 0.5, 1.0])
+@pytest.mark.parametrize("n", [2, 7])
+def test_nt_xent_matches_numpy(t: float, n: int) -> None:
+    rng = np.random.default_rng(n * 100 + int(t * 100))
+    a, b = rng.normal(size=(n, 5)), rng.normal(size=(n, 5))  # not normalised: the loss normalises
+    got = nt_xent(torch.tensor(a), torch.tensor(b), temperature=t)
+    assert got.item() == pytest.approx(_np_nt_xent(a, b, t), rel=1e-10)
+    # gather=True outside torch.distributed is the plain loss; the two views play symmetric roles.
+    assert nt_xent(torch.tensor(a), torch.tensor(b), t, gather=True).item() == pytest.approx(got.item(), rel=1e-12)
+    assert nt_xent(torch.tensor(b), torch.tensor(a), t).item() == pytest.approx(got.item(), rel=1e-10)
+
+
+def test_nt_xent_rewards_matching_views_and_has_a_correct_gradient() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(6, 4))
+    near = nt_xent(torch.tensor(a), torch.tensor(a + 0.01 * rng.normal(size=a.shape))).item()
+    shuffled = nt_xent(torch.tensor(a), torch.tensor(a[::-1].copy())).item()
+    assert near < shuffled
+    torch.manual_seed(0)
+    za, zb = (torch.randn(5, 3, dtype=torch.float64).requires_grad_() for _ in range(2))
+    assert torch.autograd.gradcheck(lambda x, y: nt_xent(x, y, temperature=0.2), (za, zb))
+    with pytest.raises(ValueError, match="differ in shape"):
+        nt_xent(torch.zeros(3, 2), torch.zeros(4, 2))

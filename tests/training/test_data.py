@@ -1,5 +1,6 @@
 """Each worker's batches: fixed-size local batches from a streamed or cached shard, the batch
-plan, and the conversion of Ray Data batches to tensors (fake shards, no Ray)."""
+plan, the conversion of Ray Data batches to tensors, and the choice of augmented versions (fake
+shards, no Ray); the datasets built from a store with augmented versions (Ray Data)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ import numpy as np
 import pytest
 import torch
 
+from conclugen.config import load_config
+from conclugen.features.store import aug_column
 from conclugen.training.data import (
+    CLIP_ID,
     BatchPlan,
     ShardCache,
+    Versions,
     WorkerBatches,
+    build_datasets,
     feats_from_batch,
     iter_fixed,
+    second_view_key,
     stack_vectors,
     val_batch_size,
 )
@@ -82,3 +89,118 @@ def test_batch_plan_and_worker_batches():
         assert [b["video"].shape for b in val] == [(4, 4)]
     no_val = WorkerBatches(FakeShard(35), FakeShard(5), BatchPlan(8, 4), MODS, CPU, seed=0, rank=0, cache=True)
     assert no_val.val_shard is None and no_val.val_cache is None
+
+
+# ----------------------------------------------------------------------------- augmented versions
+
+N_AUG = 4
+
+
+class AugShard(FakeShard):
+    """Rows of clips ``ids`` (indices) whose every value tells clip and version apart: version v
+    (0 = plain) of clip i is filled with ``1000·i + v``."""
+
+    def __init__(self, ids: list[int], n_aug: int = N_AUG) -> None:
+        self.n, self.read = len(ids), 0
+        base = np.asarray(ids, dtype=np.float32)[:, None] * 1000
+        self.arrays = {CLIP_ID: np.asarray([f"clip{i:04d}" for i in ids], dtype=object)}
+        for m, d in (("video", 4), ("audio", 3)):
+            self.arrays[m] = np.repeat(base, d, axis=1)
+            versions = base[:, :, None] + np.arange(1, n_aug + 1, dtype=np.float32)[None, :, None]
+            self.arrays[aug_column(m)] = np.repeat(versions, d, axis=2).reshape(len(ids), n_aug * d)
+
+
+def drawn(batches) -> dict[str, dict[int, int]]:
+    """Batch key → {clip index: version} over all rows of ``batches`` (every entry of a row agrees)."""
+    out: dict[str, dict[int, int]] = {}
+    for b in batches:
+        for key, t in b.items():
+            assert torch.equal(t, t[:, :1].expand_as(t)), key  # one version per row, whole vectors
+            for v in t[:, 0].tolist():
+                out.setdefault(key, {})[int(v) // 1000] = int(v) % 1000
+    return out
+
+
+def cached(ids: list[int], local: int, versions: Versions, epoch: int, seed: int | None = 5) -> dict:
+    cache = ShardCache(AugShard(ids), MODS, CPU, versions)
+    return drawn(cache.batches(local, len(ids) // local, seed, epoch))
+
+
+def streamed(ids: list[int], local: int, versions: Versions, epoch: int) -> dict:
+    return drawn(iter_fixed(AugShard(ids), local, len(ids) // local, None, MODS, CPU, versions, epoch))
+
+
+def test_training_rows_draw_an_augmented_version_per_modality_and_epoch():
+    ids = list(range(64))
+    v = Versions(N_AUG, seed=127)
+    e0, e1 = cached(ids, 8, v, epoch=0), cached(ids, 8, v, epoch=1)
+    for got in (e0, e1):
+        assert set(got) == {"video", "audio"} and set(got["video"]) == set(ids)  # every clip, once
+        assert all(1 <= x <= N_AUG for m in got for x in got[m].values())  # never the plain version
+        assert len(set(got["video"].values())) == N_AUG  # all four versions occur
+    # Two epochs draw differently (independent draws over 4 agree on about a quarter of the clips).
+    assert np.mean([e0["video"][i] == e1["video"][i] for i in ids]) < 0.6
+    assert np.mean([e0["video"][i] == e0["audio"][i] for i in ids]) < 0.6  # and modalities independently
+    # The same seed draws the same whatever the permutation, the batch size or the path.
+    assert cached(ids, 16, v, epoch=0, seed=99) == e0 == streamed(ids, 8, v, epoch=0)
+    assert cached(ids, 8, Versions(N_AUG, seed=128), epoch=0) != e0
+
+
+def test_two_workers_shards_draw_what_one_process_draws():
+    ids = list(range(48))
+    v = Versions(N_AUG, seed=3, second=("video",))
+    whole = cached(ids, 8, v, epoch=2)
+    for draw in (cached, streamed):
+        halves = [draw(ids[r::2], 4, v, epoch=2) for r in range(2)]  # Ray Data's split: any rows per rank
+        merged = {k: {**halves[0][k], **halves[1][k]} for k in whole}
+        assert merged == whole
+
+
+def test_second_view_is_another_version():
+    ids = list(range(200))
+    got = cached(ids, 8, Versions(N_AUG, seed=1, second=("video",)), epoch=0)
+    second = got[second_view_key("video")]
+    assert second_view_key("audio") not in got
+    assert all(1 <= second[i] <= N_AUG and second[i] != got["video"][i] for i in ids)
+    pairs = {(got["video"][i], second[i]) for i in ids}
+    assert len(pairs) == N_AUG * (N_AUG - 1)  # every ordered pair of distinct versions occurs
+    # One augmented version: the views are version 1 and the plain vector.
+    one = drawn(ShardCache(AugShard(ids[:16], n_aug=1), MODS, CPU, Versions(1, 1, ("video",))).batches(8, 2, 0))
+    assert set(one["video"].values()) == {1} and set(one[second_view_key("video")].values()) == {0}
+
+
+def test_validation_and_stores_without_versions_read_the_plain_vectors():
+    plan = BatchPlan(local_batch=8, steps=2, val_local=8, val_steps=2)
+    v = Versions(N_AUG, seed=0, second=("video",))
+    for cache in (False, True):
+        wb = WorkerBatches(AugShard(list(range(16))), AugShard(list(range(100, 116))), plan, MODS, CPU,
+                           seed=0, rank=0, cache=cache, versions=v)
+        val = drawn(wb.val())
+        assert set(val) == {"video", "audio"} and set(val["video"].values()) == {0}
+        assert set(drawn(wb.train(0))["video"].values()) <= set(range(1, N_AUG + 1))
+        plain = WorkerBatches(AugShard(list(range(16))), None, BatchPlan(8, 2), MODS, CPU, seed=0, rank=0,
+                              cache=cache, versions=Versions(0, seed=0))
+        assert set(drawn(plain.train(0))["video"].values()) == {0}
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("stream", [False, True])
+def test_datasets_carry_clip_ids_and_versions_for_training_only(ray_cluster, tmp_path, stream):
+    from tests.helpers.features import write_feature_store
+
+    root = str(tmp_path / "feats")
+    write_feature_store(root, splits={"train": 24, "val": 8}, dims={"video": 6, "audio": 3}, augmentations=2)
+    cfg = load_config(None, [f"workdir={tmp_path}", "model.modalities=[video, audio]"])
+    ds = build_datasets(root, cfg, has_val=True, stream=stream)
+    assert set(ds["train"].columns()) == {CLIP_ID, "video", "audio", "video_aug", "audio_aug"}
+    assert set(ds["val"].columns()) == {"video", "audio"}
+    wb = WorkerBatches(ds["train"], ds["val"], BatchPlan(8, 3, 8, 1), MODS, CPU, seed=0, rank=0,
+                       cache=not stream, versions=Versions(2, seed=0, second=("video",)))
+    train = list(wb.train(0))
+    assert [sorted(b) for b in train] == [sorted(["video", "audio", second_view_key("video")])] * 3
+    assert all(b["video"].shape == (8, 6) and b["audio"].shape == (8, 3) for b in train)
+    assert all(not torch.equal(b["video"], b[second_view_key("video")]) for b in train)
+    assert [sorted(b) for b in wb.val()] == [["audio", "video"]]
+    # A store without versions: the training dataset has the modality columns only, as before.
+    write_feature_store(str(tmp_path / "plain"), splits={"train": 24}, dims={"video": 6, "audio": 3})
+    assert build_datasets(str(tmp_path / "plain"), cfg, has_val=False, stream=stream)["train"].columns() == MODS

@@ -59,6 +59,23 @@ def test_feature_checks_before_any_work(tmp_path):
         check_features(tiny_val, tiny_cfg(tmp_path, "model.modalities=[video, audio]", "train.workers=2"))
 
 
+SIMCLR_ONLY = ["model.modalities=[video]", "losses.contrastive=0", "losses.clustering=0",
+               "losses.reconstruction=0", "losses.simclr=1"]
+
+
+def test_simclr_needs_video_and_augmented_versions(tmp_path):
+    plain = str(tmp_path / "plain")
+    write_feature_store(plain, splits={"train": 40}, dims={"video": 8, "audio": 6})
+    with pytest.raises(PretrainError, match=r"extract\.augmentations=N"):
+        check_features(plain, tiny_cfg(tmp_path, *SIMCLR_ONLY))
+    aug = str(tmp_path / "aug")
+    write_feature_store(aug, splits={"train": 40}, dims={"video": 8, "audio": 6}, augmentations=1)
+    meta, _ = check_features(aug, tiny_cfg(tmp_path, *SIMCLR_ONLY))
+    assert meta.augmentations == 1
+    with pytest.raises(PretrainError, match=r"model\.modalities=\['audio'\] has no video"):
+        check_features(aug, tiny_cfg(tmp_path, "model.modalities=[audio]", *SIMCLR_ONLY[1:]))
+
+
 def test_second_pretrain_into_a_held_run_folder_is_refused(tmp_path):
     from conclugen.locks import OutputLockedError, output_lock
 
@@ -98,6 +115,25 @@ def test_nan_guard_names_epoch_step_and_loss(ray_cluster, tmp_path, monkeypatch)
     c = MlflowClient(cfg.tracking_uri())
     runs = c.search_runs([c.get_experiment_by_name("conclugen").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_simclr_only_video_pretraining_on_two_workers(ray_cluster, tmp_path, monkeypatch):
+    """The video-only SimCLR ablation row on a store with augmented versions, end to end."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = str(tmp_path / "feats")
+    write_feature_store(root, splits={"train": 64, "val": 16}, augmentations=3)
+    cfg = tiny_cfg(tmp_path, *SIMCLR_ONLY, "train.workers=2", "train.epochs=2")
+    r = run_pretrain(root, str(tmp_path / "run"), cfg, log_model=False)
+    assert r.epochs_done == 2
+    m = r.metrics
+    assert {"simclr", "val_simclr"} <= set(m) and not {"contrastive", "clustering", "reconstruction"} & set(m)
+    assert math.isfinite(m["simclr"]) and m["loss"] == pytest.approx(m["simclr"])  # the only active loss
+    model, info = load_checkpoint(r.best_checkpoint)
+    assert info["input_dims"] == {"video": 24} and info["meta"]["augmentations"] == 3
+    with torch.no_grad():
+        assert model.represent({"video": torch.rand(2, 24)})["video"].shape == (2, 32)
 
 
 def _rank_records(run_uri: str, rank: int) -> list[dict]:

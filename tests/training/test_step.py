@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from conclugen.config import load_config
-from conclugen.training.errors import NonFiniteLossError
+from conclugen.model.losses import nt_xent
+from conclugen.training.data import second_view_key
+from conclugen.training.errors import NonFiniteLossError, PretrainError
 from conclugen.training.step import Stepper, cluster_stats, seed_all
 from tests.helpers.configs import TINY
 
@@ -87,3 +89,70 @@ def test_state_dict_resumes_model_optimizer_and_schedule(tmp_path):
     for k, v in b.model.state_dict().items():
         assert torch.equal(v, a.model.state_dict()[k]), k
     assert set(a.state_dict()) == {"model", "optimizer", "scheduler"}
+
+
+SIMCLR = ["model.modalities=[video]", "losses.contrastive=0", "losses.clustering=0", "losses.reconstruction=0",
+          "losses.simclr=1"]
+
+
+def test_simclr_contrasts_the_second_video_version_through_the_shared_heads(tmp_path):
+    seed_all(0)
+    st = Stepper(tiny_cfg(tmp_path, *SIMCLR, "losses.simclr_temperature=0.2"), {"video": 8})
+    assert st.names == ["simclr"] and st.second_views == ("video",) and st.find_unused()
+    g = torch.Generator().manual_seed(1)
+    feats = {"video": torch.rand(16, 8, generator=g), second_view_key("video"): torch.rand(16, 8, generator=g)}
+    st.model.train()
+    got = st.losses(feats, 0, train=True)["simclr"]
+    # The reference's SimCLR model: each view through the representation head, then the shared
+    # projection head (BatchNorm on that view's batch), then L2-normalised.
+    with torch.no_grad():
+        z = [st.model.projection(st.model.encoders["video"](feats[k])) for k in ("video", second_view_key("video"))]
+    assert got.item() == pytest.approx(nt_xent(*z, temperature=0.2).item(), rel=1e-5)
+    train = st.run_epoch([feats, feats], 0, train=True)
+    assert list(train) == ["simclr", "loss"] and train["simclr"] == pytest.approx(train["loss"])  # one active loss
+    # Validation reads the plain version only: both views are that vector.
+    val = st.run_epoch([{"video": feats["video"]}], 0, train=False)
+    assert list(val) == ["simclr", "loss"] and math.isfinite(val["loss"])
+    with pytest.raises(PretrainError, match="extract.augmentations"):
+        st.losses({"video": feats["video"]}, 0, train=True)
+
+
+def test_simclr_is_one_more_active_loss_in_the_weighted_mean(tmp_path):
+    seed_all(0)
+    st = Stepper(tiny_cfg(tmp_path, "losses.simclr=0.5"), DIMS)
+    # SimCLR uses the heads the other losses use: no parameter goes without a gradient.
+    assert st.names == ["contrastive", "clustering", "reconstruction", "simclr"] and not st.find_unused()
+    feats = {**batches(1)[0], second_view_key("video"): torch.rand(16, DIMS["video"])}
+    losses = st.losses(feats, 0, train=True)
+    want = (losses["contrastive"] + losses["clustering"] + losses["reconstruction"] + 0.5 * losses["simclr"]) / 4
+    assert st.total(losses).item() == pytest.approx(want.item(), rel=1e-6)
+    with pytest.raises(PretrainError, match="'video' in model.modalities"):
+        Stepper(tiny_cfg(tmp_path, "model.modalities=[audio]", *SIMCLR[1:]), {"audio": 6})
+
+
+class _Recorder(torch.nn.Module):
+    """The model's forward, recording each output (what DDP would search for used parameters)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.outputs = model, []
+
+    def forward(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        self.outputs.append(out)
+        return out
+
+
+@pytest.mark.parametrize(("extra", "want"), [
+    ([], {"projections", "cluster_logits", "reconstructions"}),
+    (["losses.contrastive=0", "losses.clustering=0"], {"reconstructions"}),
+    (["losses.reconstruction=0", "losses.kmeans_start_epoch=1"], {"projections"}),
+])
+def test_the_forward_returns_only_what_the_losses_use(tmp_path, extra, want):
+    # Under DDP an output that feeds no loss leaves its head's gradient missing (the run fails).
+    st = Stepper(tiny_cfg(tmp_path, *extra), DIMS)
+    st.wrap(_Recorder)
+    st.run_epoch(batches(1), 0, train=True)
+    out = st.module.outputs[-1]
+    got = {h for h in ("projections", "cluster_logits", "reconstructions") if getattr(out, h)}
+    assert got == want and set(out.representations) == set(DIMS)
