@@ -1,4 +1,5 @@
-"""MLflow: tracking-URI resolution, experiments, runs, per-epoch metrics and the pyfunc model.
+"""MLflow: tracking-URI resolution, experiments, runs, per-epoch metrics and the representation
+pyfunc model (the served video → emotion model is :mod:`conclugen.serving.mlflow_model`).
 
 Everything goes through an explicit tracking URI and ``MlflowClient`` so that library code keeps
 no global MLflow state (Ray Train workers log to a run the driver opened; only world rank 0
@@ -54,19 +55,41 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return None
 
 
+# MLflow 3's experiment kind: "custom_model_development" is its "Machine learning" (training runs)
+# kind, as opposed to "genai_development". Set on every experiment of ours: UIs that read it open
+# such an experiment on its Runs tab and do not ask which kind it is (mlflow/mlflow#20744). The UI
+# of MLflow 3.17 (workflow-based navigation, mlflow/mlflow#20158, #20161) chooses the tabs from
+# the workflow type instead — the sidebar's switch, kept in the browser, or ``?workflowType=`` in
+# the URL, which :func:`experiment_ui_url` sets to ``machine_learning``.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def get_or_create_experiment(uri: str, name: str) -> str:
-    """The id of experiment ``name``, created when missing (race-safe: a concurrent creator wins)."""
+    """The id of experiment ``name``, created when missing (race-safe: a concurrent creator wins),
+    tagged as a training-runs experiment (:data:`EXPERIMENT_KIND`; an experiment of ours from
+    before that tag, or one created elsewhere without a kind, gets it too)."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return c.create_experiment(name, artifact_location=_artifact_location(uri, name))
-    except Exception:  # another process created it between the two calls
-        exp = c.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            return c.create_experiment(name, artifact_location=_artifact_location(uri, name),
+                                       tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except Exception:  # another process created it between the two calls
+            exp = c.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # never overrides a kind a user chose
+        c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def experiment_ui_url(uri: str, experiment_id: str) -> str | None:
+    """The MLflow UI page of an experiment on its training runs (the "Machine learning" workflow),
+    for a tracking server at ``http(s)://``; None for a local store (``mlflow ui`` serves it)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def start_run(

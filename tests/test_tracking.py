@@ -127,3 +127,23 @@ def test_tracked_run_records_reopens_and_always_ends(tmp_path, monkeypatch):
     with tracking.tracked_run(cfg, run_name="partial") as partial:
         partial.status = "FAILED"  # a block may end its run otherwise without raising
     assert c.get_run(partial.run_id).info.status == "FAILED"
+
+
+def test_experiments_are_tagged_as_training_experiments(tmp_path):
+    """MLflow 3's experiment kind: ours are "custom_model_development" (training runs, not GenAI)."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    c = tracking.client(uri)
+    exp = tracking.get_or_create_experiment(uri, "fresh")
+    assert c.get_experiment(exp).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    # one created elsewhere without a kind gets it on first use; a kind someone chose is kept
+    old = c.create_experiment("older")
+    assert tracking.EXPERIMENT_KIND_TAG not in c.get_experiment(old).tags
+    assert tracking.get_or_create_experiment(uri, "older") == old
+    assert c.get_experiment(old).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    chosen = c.create_experiment("chosen", tags={tracking.EXPERIMENT_KIND_TAG: "genai_development"})
+    tracking.get_or_create_experiment(uri, "chosen")
+    assert c.get_experiment(chosen).tags[tracking.EXPERIMENT_KIND_TAG] == "genai_development"
+    # the UI link opens the experiment in the "Machine learning" workflow (its Runs tab)
+    assert tracking.experiment_ui_url("http://127.0.0.1:5000/", "7") == \
+        "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
+    assert tracking.experiment_ui_url(uri, "7") is None

@@ -13,6 +13,9 @@ decode tasks → backbone actors) followed by one more actor pool, :class:`Predi
 each clip's backbone outputs into its feature row (:func:`conclugen.features.rows.feature_row`, the
 function that writes training features), then representations (pretrained heads) and class
 probabilities (probe) — Ray Data batch inference end to end, whatever the number of clips.
+:class:`LocalPredictor` runs the same stage objects (decode, :class:`BackboneStage`,
+:class:`PredictStage`) in this process, without Ray, with the backbones loaded once: the MLflow
+pyfunc (:mod:`conclugen.serving.mlflow_model`) serves through it, and ``predict_videos(local=True)``.
 
 A clip that cannot be read or decoded becomes an error line (stage + reason); the others go on.
 Text: a transcript comes from the manifest, else from a sidecar ``<video stem>.txt`` beside the
@@ -28,6 +31,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import posixpath
 import time
 from collections.abc import Sequence
@@ -40,7 +44,7 @@ import numpy as np
 from conclugen import storage
 from conclugen.config import Config, StorageConfig
 from conclugen.errors import ConCluGenError
-from conclugen.evaluation.bundle import load_bundle
+from conclugen.evaluation.bundle import Bundle, load_bundle
 from conclugen.evaluation.encoders import heads_encoder
 from conclugen.evaluation.probe_model import ProbeModel
 
@@ -64,6 +68,24 @@ def _read_sidecar(uri: str, storage_cfg: StorageConfig | None) -> str | None:
     return text or None
 
 
+def normalise_uri(uri: str) -> str:
+    """A local path made absolute (``~`` expanded); ``s3://`` and ``file://`` URIs as given."""
+    uri = str(uri)
+    if not storage.is_s3(uri) and not uri.startswith("file://"):
+        uri = str(Path(uri).expanduser().resolve())
+    return uri
+
+
+def video_row(clip_id: str, uri: str, transcript: str | None, storage_cfg: StorageConfig | None) -> dict[str, Any]:
+    """The manifest row of one video to predict: its transcript as given, else its sidecar
+    ``<stem>.txt`` when there is one, else none (ASR or a text gap, as in extraction)."""
+    from conclugen.data.corpora.manifest import row
+
+    if transcript is None or not str(transcript).strip():
+        transcript = _read_sidecar(_sidecar(uri), storage_cfg)
+    return row(clip_id, uri, "unlabeled", "predict", transcript=transcript)
+
+
 def collect_inputs(inputs: Sequence[str], cfg: Config) -> list[dict[str, Any]]:
     """Video files, folders and Parquet manifests → manifest rows (split ``unlabeled``), in the
     order given, duplicates dropped. A path that does not exist stays a row: its read fails in
@@ -83,9 +105,7 @@ def collect_inputs(inputs: Sequence[str], cfg: Config) -> list[dict[str, Any]]:
         rows.append(row(cid, uri, "unlabeled", "predict", transcript=transcript, start_s=start_s, end_s=end_s))
 
     for raw in inputs:
-        uri = str(raw)
-        if not storage.is_s3(uri) and not uri.startswith("file://"):
-            uri = str(Path(uri).expanduser().resolve())
+        uri = normalise_uri(raw)
         if uri.endswith(".parquet") and storage.is_file(uri, scfg):
             table = _read_parquet(uri, scfg)
             for r in table.to_pylist():
@@ -122,11 +142,13 @@ class PredictStage:
     ("" or "<stage>: <Type>: message"), proba (JSON list in label-space order), gaps (JSON list).
     """
 
-    def __init__(self, bundle_uri: str, storage_cfg: StorageConfig | None) -> None:
+    def __init__(self, bundle_uri: str, storage_cfg: StorageConfig | None, threads: int | None = 1,
+                 bundle: Bundle | None = None) -> None:
         import torch
 
-        torch.set_num_threads(1)  # the heads are small next to the backbones; leave cores to them
-        b = load_bundle(bundle_uri, storage_cfg)
+        if threads:  # an actor: the heads are small next to the backbones; leave cores to them
+            torch.set_num_threads(threads)
+        b = bundle or load_bundle(bundle_uri, storage_cfg)
         model = b.model()
         self.modalities = list(model.modalities)
         self.encode = heads_encoder(model, self.modalities)
@@ -237,16 +259,34 @@ class PredictResult:
                       for c in self.clips],
         }, indent=2)
 
+    def columns(self) -> list[str]:
+        """The columns of :meth:`records` (and of predictions.csv): one ``p_<label>`` per class."""
+        return ["clip_id", "video_uri", "status", "predicted", *[f"p_{lab}" for lab in self.label_space],
+                "gaps", "error"]
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat row per clip: probabilities as floats (NaN for a failed clip), the decided
+        labels and gaps ``;``-joined — predictions.csv and the MLflow pyfunc's output."""
+        nan = float("nan")
+        return [{"clip_id": c.clip_id, "video_uri": c.video_uri, "status": "ok" if c.ok else "error",
+                 "predicted": ";".join(c.predicted),
+                 **{f"p_{lab}": c.probabilities[lab] if c.ok else nan for lab in self.label_space},
+                 "gaps": ";".join(c.gaps), "error": c.error} for c in self.clips]
+
     def to_csv(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["clip_id", "video_uri", "status", "predicted", *[f"p_{lab}" for lab in self.label_space],
-                    "gaps", "error"])
-        for c in self.clips:
-            probs = [f"{c.probabilities[lab]:.6f}" for lab in self.label_space] if c.ok else [""] * len(self.label_space)
-            w.writerow([c.clip_id, c.video_uri, "ok" if c.ok else "error", ";".join(c.predicted), *probs,
-                        ";".join(c.gaps), c.error])
+        w.writerow(self.columns())
+        for r in self.records():
+            w.writerow([_csv_cell(v) for v in r.values()])
         return buf.getvalue()
+
+
+def _csv_cell(v: Any) -> Any:
+    """Probabilities with 6 decimals, a failed clip's NaN as an empty cell."""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6f}"
+    return v
 
 
 def _short(clip_id: str, keep: int = 48) -> str:
@@ -256,21 +296,92 @@ def _short(clip_id: str, keep: int = 48) -> str:
 # ----------------------------------------------------------------------------- entry point
 
 
-def _read_predictions(ds: Any, probe: ProbeModel, batch_size: int) -> dict[str, ClipPrediction]:
-    """The stage's output rows → one ClipPrediction per clip id (probabilities, decision, gaps)."""
+def _batch_predictions(batch: dict[str, np.ndarray], probe: ProbeModel) -> dict[str, ClipPrediction]:
+    """One batch of :class:`PredictStage` output → a ClipPrediction per clip id (probabilities,
+    decision, gaps)."""
     got: dict[str, ClipPrediction] = {}
     labels = probe.label_space
+    for i in range(len(batch["clip_id"])):
+        cid, uri, err = str(batch["clip_id"][i]), str(batch["video_uri"][i]), str(batch["error"][i])
+        if err:
+            got[cid] = ClipPrediction(cid, uri, None, [], error=err)
+            continue
+        p = np.asarray(json.loads(str(batch["proba"][i])), dtype=np.float64)
+        got[cid] = ClipPrediction(
+            cid, uri, {lab: float(x) for lab, x in zip(labels, p, strict=True)},
+            probe.labels_of(probe.decide(p[None]))[0], gaps=json.loads(str(batch["gaps"][i])),
+        )
+    return got
+
+
+def _in_order(rows: Sequence[dict[str, Any]], got: dict[str, ClipPrediction]) -> list[ClipPrediction]:
+    """Input order; a clip the pipeline lost is still reported, never dropped."""
+    return [got.get(r["clip_id"]) or ClipPrediction(r["clip_id"], r["video_uri"], None, [],
+                                                    error="pipeline: no output for this clip") for r in rows]
+
+
+class LocalPredictor:
+    """The predict stages in this process, without Ray: read + decode
+    (:func:`~conclugen.features.decode_stage.read_and_decode`), every backbone in one
+    :class:`~conclugen.features.backbone_stage.BackboneStage`, then :class:`PredictStage` — the
+    objects the Ray pipeline runs, so both give the same probabilities. Loads the backbones once
+    (a served model keeps one of these for its lifetime)."""
+
+    def __init__(self, bundle: Bundle, cfg: Config, device: str = "auto") -> None:
+        from conclugen.features.backbone_stage import BackboneStage, active_kinds
+
+        self.bundle = bundle
+        self.probe = bundle.probe()
+        self.cfg = cfg.model_copy(update={"extract": bundle.extract_config(cfg.extract)})
+        ecfg = self.cfg.extract
+        kinds = active_kinds(ecfg)
+        self.backbones = BackboneStage(kinds, {k: getattr(ecfg.backbones, k) for k in kinds},
+                                       ecfg.model_dump_json(), cfg.storage, device=device,
+                                       threads=ecfg.backbone_threads)
+        self.stage = PredictStage(bundle.uri, cfg.storage, threads=None, bundle=bundle)
+
+    def predict_rows(self, rows: Sequence[dict[str, Any]]) -> list[ClipPrediction]:
+        """One ClipPrediction per manifest row, in order (``clip_id`` must be unique), batched
+        by ``extract.backbone_batch_size``; a clip that fails is an error prediction."""
+        from conclugen.features.decode_stage import read_and_decode
+        from conclugen.features.rows import DECODED_COLUMNS
+
+        got: dict[str, ClipPrediction] = {}
+        size = max(1, self.cfg.extract.backbone_batch_size)
+        for start in range(0, len(rows), size):
+            decoded = [read_and_decode(r, self.cfg, self.cfg.storage) for r in rows[start:start + size]]
+            batch = {k: _column([d[k] for d in decoded]) for k in DECODED_COLUMNS}
+            got |= _batch_predictions(self.stage(self.backbones(batch)), self.probe)
+        return _in_order(rows, got)
+
+
+def _column(values: list[Any]) -> np.ndarray:
+    """A 1-D object array (as Ray Data hands string / binary columns to a numpy-format stage)."""
+    col = np.empty(len(values), dtype=object)
+    col[:] = values
+    return col
+
+
+def _predict_on_ray(rows: list[dict[str, Any]], bundle: Bundle, cfg: Config, batch_size: int) -> dict[str, ClipPrediction]:
+    """Ray Data batch inference: the extraction's plan, then a :class:`PredictStage` actor."""
+    import ray
+
+    from conclugen.features.extract import build_dataset, resolved_storage
+    from conclugen.runtime import require_ray
+
+    probe = bundle.probe()
+    pcfg = cfg.model_copy(update={"extract": bundle.extract_config(cfg.extract)})
+    require_ray("predict")
+    wcfg = resolved_storage(cfg.storage)  # workers get the driver's endpoint and credentials
+    ds = build_dataset(rows, pcfg, wcfg).map_batches(
+        PredictStage,
+        fn_constructor_kwargs={"bundle_uri": bundle.uri, "storage_cfg": wcfg},
+        batch_size=batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
+    )
+    got: dict[str, ClipPrediction] = {}
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=1):
-        for i in range(len(batch["clip_id"])):
-            cid, uri, err = str(batch["clip_id"][i]), str(batch["video_uri"][i]), str(batch["error"][i])
-            if err:
-                got[cid] = ClipPrediction(cid, uri, None, [], error=err)
-                continue
-            p = np.asarray(json.loads(str(batch["proba"][i])), dtype=np.float64)
-            got[cid] = ClipPrediction(
-                cid, uri, {lab: float(x) for lab, x in zip(labels, p, strict=True)},
-                probe.labels_of(probe.decide(p[None]))[0], gaps=json.loads(str(batch["gaps"][i])),
-            )
+        got |= _batch_predictions(batch, probe)
     return got
 
 
@@ -288,32 +399,19 @@ def predict_videos(
     cfg: Config,
     out: str | None = None,
     batch_size: int = 16,
+    local: bool = False,
 ) -> PredictResult:
     """Class probabilities for every clip of ``inputs`` (files, folders, manifests) with the
     bundle at ``model_uri``; writes ``predictions.csv`` and ``predictions.json`` under ``out``
-    (local or ``s3://``; None: nothing is written). Ray must be started by the caller (the CLI does)."""
-    import ray
-
-    from conclugen.features.extract import build_dataset, resolved_storage
-    from conclugen.runtime import require_ray
-
+    (local or ``s3://``; None: nothing is written). Ray must be started by the caller (the CLI
+    does) unless ``local``: then the same stages run in this process (:class:`LocalPredictor`)."""
     t0 = time.perf_counter()
     bundle = load_bundle(model_uri, cfg.storage)  # fails fast, before Ray or any decoding
-    probe = bundle.probe()
     rows = collect_inputs(inputs, cfg)
-    pcfg = cfg.model_copy(update={"extract": bundle.extract_config(cfg.extract)})
-    require_ray("predict")
-    wcfg = resolved_storage(cfg.storage)  # workers get the driver's endpoint and credentials
-    ds = build_dataset(rows, pcfg, wcfg).map_batches(
-        PredictStage,
-        fn_constructor_kwargs={"bundle_uri": bundle.uri, "storage_cfg": wcfg},
-        batch_size=batch_size, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
-    )
-    got = _read_predictions(ds, probe, batch_size)
-    # Input order; a clip the pipeline lost is still reported, never dropped.
-    clips = [got.get(r["clip_id"]) or ClipPrediction(r["clip_id"], r["video_uri"], None, [],
-                                                     error="pipeline: no output for this clip") for r in rows]
+    if local:
+        clips = LocalPredictor(bundle, cfg).predict_rows(rows)
+    else:
+        clips = _in_order(rows, _predict_on_ray(rows, bundle, cfg, batch_size))
     result = PredictResult(bundle.label_space, bundle.multilabel, clips, seconds=time.perf_counter() - t0)
     if out:
         _write(result, out, cfg)

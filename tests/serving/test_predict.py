@@ -12,45 +12,10 @@ import pytest
 import torch
 
 from conclugen.config import MELD_EMOTIONS, load_config
-from conclugen.features import store as F
-from tests.helpers.configs import TINY_MODEL
-from tests.helpers.features import write_feature_store
+from tests.helpers.predict_bundle import TINY_PREDICT as TINY
+from tests.helpers.predict_bundle import fresh_checkpoint, offline_store
 
 pytestmark = [pytest.mark.ray]
-
-# The offline backbones' output sizes (test_extract checks them): video = image 128 + video3d 128.
-OFFLINE_DIMS = {"video": 256, "audio": 96, "text": 384}
-OFFLINE_BACKBONES = {"image": ("offline:image", 128), "video3d": ("offline:video3d", 128),
-                     "audio": ("offline:audio", 96), "text": ("offline:minilm", 384), "asr": ("offline:none", 0)}
-TINY = [*TINY_MODEL, "probe.epochs=10", "probe.batch_size=64", "extract.decode_batch_size=2",
-        "extract.backbone_batch_size=4"]
-
-
-def _store(root: str) -> F.FeatureMeta:
-    """A tiny 7-class feature store whose meta names the offline backbones (as extract writes)."""
-    write_feature_store(root, splits={"train": 70, "val": 21, "test": 21}, dims=OFFLINE_DIMS, labels=MELD_EMOTIONS)
-    meta = F.read_meta(root)
-    meta.corpus = "meld"
-    meta.backbones = {k: F.BackboneInfo(name=n, dim=d, trained=True) for k, (n, d) in OFFLINE_BACKBONES.items()}
-    F.write_meta(root, meta)
-    return meta
-
-
-def _checkpoint(folder: Path, cfg, meta: F.FeatureMeta) -> str:
-    """A checkpoint folder in the exact format Ray Train workers write (run_folder.save_checkpoint_dir),
-    here of freshly initialised heads: predict's job does not depend on what pretraining learned,
-    and this keeps a Ray Train run out of this file (test_evaluate covers that path)."""
-    from conclugen.model.heads import ConCluGen
-    from conclugen.training.run_folder import save_checkpoint_dir
-
-    torch.manual_seed(0)
-    model = ConCluGen.from_config(cfg.model, meta.dims)
-    public = cfg.public_dict()
-    ckpt = folder / "run" / "checkpoint_000000"
-    save_checkpoint_dir(ckpt, {"model": model.state_dict(), "config": public, "input_dims": dict(meta.dims),
-                               "meta": json.loads(meta.to_json()), "epoch": 0, "metrics": {},
-                               "mlflow_run_id": None}, {"epoch": 0, "score": 1.0})
-    return str(ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +25,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, object]:
     tmp = tmp_path_factory.mktemp("predict")
     cfg = load_config(None, [*TINY, f"workdir={tmp / 'work'}"])
     feats = str(tmp / "features")
-    meta = _store(feats)
-    ckpt = _checkpoint(tmp, cfg, meta)
+    meta = offline_store(feats)
+    ckpt = fresh_checkpoint(tmp, cfg, meta)
     ev = run_evaluate(feats, str(tmp / "run"), cfg, str(tmp / "eval"), encoders=("conclugen",), log_mlflow=False)
     assert ev.checkpoint_uri == ckpt  # a run folder resolves to its (only) checkpoint
     return ev.out_dir, cfg
@@ -116,6 +81,15 @@ def test_predict_synthetic_clip_and_a_broken_file(ray_cluster, bundle, clips: Pa
     assert ok[0].gaps == [] and ok[1].gaps == ["text"]  # sidecar text vs no transcript (ASR off)
     bad = {c.video_uri: c.error for c in res.clips if not c.ok}
     assert bad[str(broken)].startswith("decode") and bad[str(missing)].startswith("read")
+
+    # The same stage objects in this process, without Ray (the MLflow pyfunc's path): same results.
+    loc = predict_videos([str(videos[0]), str(broken), str(missing), str(videos[1])], out, cfg, local=True)
+    assert [(c.clip_id, c.ok, c.gaps, c.predicted, c.error) for c in loc.clips] == \
+        [(c.clip_id, c.ok, c.gaps, c.predicted, c.error) for c in res.clips]
+    for a, b in zip(res.clips, loc.clips, strict=True):
+        if a.ok:
+            np.testing.assert_allclose([b.probabilities[lab] for lab in MELD_EMOTIONS],
+                                       [a.probabilities[lab] for lab in MELD_EMOTIONS], rtol=0, atol=1e-5)
 
     # Recompute clip 0 by hand: decode → offline backbones → heads → probe, outside Ray.
     from conclugen.data.corpora.manifest import row
