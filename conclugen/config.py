@@ -110,6 +110,10 @@ class ModelConfig(Section):
     audio_geu_dim: int = Field(1024, ge=2)
     k: int = Field(128, ge=2, description="number of clusters K (ours: 128 within the searched set)")
     sync_batchnorm: bool = True
+    # "standardize" (ours): the heads standardise each backbone feature per dimension with the
+    # mean/std of the pretraining rows (kept in the model); "none": raw features, as the reference
+    # (whose backbones give similarly scaled, nonnegative features). See docs/method.md, Heads.
+    input_norm: Literal["standardize", "none"] = "standardize"
 
     @field_validator("modalities")
     @classmethod

@@ -3,7 +3,8 @@
 An :data:`Encoder` maps ``{modality: float32 [N, dim]}`` to ``float32 [N, F]``. The three the
 evaluation compares (``ENCODERS``): the pretrained heads (per-modality GEU outputs concatenated in
 the model's modality order — the one place representations are concatenated), the raw backbone
-features (concatenated), and randomly initialised heads of the same architecture.
+features (concatenated), and randomly initialised heads of the same architecture. Both baselines
+read the checkpoint's standardised input (``model.input_norm``), so only the heads differ.
 """
 
 from __future__ import annotations
@@ -56,12 +57,19 @@ def encode_versions(
     return {m: np.stack([np.asarray(p[m], dtype=np.float32) for p in per_version]) for m in encoder.modalities}
 
 
-def raw_features_encoder(modalities: Sequence[str]) -> ConcatEncoder:
-    """Baseline encoder: the backbone features themselves, concatenated in ``modalities`` order."""
+def raw_features_encoder(
+    modalities: Sequence[str], stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
+) -> ConcatEncoder:
+    """Baseline encoder: the backbone features themselves, concatenated in ``modalities`` order;
+    with ``stats`` ({m: (mean, std)}) standardised as the heads' input is (so the baseline sees
+    exactly what the heads see)."""
     mods = tuple(modalities)
 
     def parts(feats: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {m: np.asarray(feats[m], dtype=np.float32) for m in mods}
+        out = {m: np.asarray(feats[m], dtype=np.float32) for m in mods}
+        if stats:
+            out = {m: (x - stats[m][0]) / stats[m][1] if m in stats else x for m, x in out.items()}
+        return out
 
     return ConcatEncoder(mods, parts)
 
@@ -118,6 +126,17 @@ def random_heads(model_cfg: ModelConfig, input_dims: Mapping[str, int], seed: in
     return model.eval()
 
 
+def input_stats(model: ConCluGen) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The model's input standardisation {m: (mean, std)}; empty when it is the identity."""
+    out = {}
+    for m in model.modalities:
+        norm = model.input_norms[m]
+        mean, std = norm.mean.detach().cpu().numpy(), norm.std.detach().cpu().numpy()
+        if np.any(mean != 0) or np.any(std != 1):
+            out[m] = (mean, std)
+    return out
+
+
 def build_encoders(
     model: ConCluGen, model_cfg: ModelConfig, input_dims: Mapping[str, int], seed: int,
     which: Sequence[str] = ENCODERS,
@@ -129,9 +148,11 @@ def build_encoders(
         if name == "conclugen":
             out[name] = heads_encoder(model, mods)
         elif name == "raw_features":
-            out[name] = raw_features_encoder(mods)
+            out[name] = raw_features_encoder(mods, input_stats(model))
         elif name == "random_heads":
-            out[name] = heads_encoder(random_heads(model_cfg, input_dims, seed), mods)
+            rand = random_heads(model_cfg, input_dims, seed)
+            rand.input_norms.load_state_dict(model.input_norms.state_dict())  # same inputs, random heads
+            out[name] = heads_encoder(rand, mods)
         else:
             raise EncoderError(f"unknown encoder {name!r} (known: {', '.join(ENCODERS)})")
     return out

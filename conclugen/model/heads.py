@@ -71,6 +71,31 @@ class Decoder(nn.Module):
         return self.net(x)
 
 
+class InputNorm(nn.Module):
+    """``(x − mean) / std`` per dimension of one modality's backbone feature *(ours)*.
+
+    Identity until :meth:`set_stats`; the statistics are buffers, so they travel with every
+    checkpoint, evaluation and prediction. Our offline backbones give features of very different
+    scales (audio values reach ±50, video and text stay near 0.1), which let the audio term
+    dominate reconstruction; see docs/method.md, Heads."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def set_stats(self, mean: Tensor, std: Tensor) -> None:
+        if tuple(mean.shape) != tuple(self.mean.shape) or tuple(std.shape) != tuple(self.std.shape):
+            raise ValueError(f"input statistics of shape {tuple(mean.shape)}, expected {tuple(self.mean.shape)}")
+        if not bool(torch.all(std > 0)):
+            raise ValueError("input standard deviations must be > 0")
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
 # The outputs ConCluGen.forward can compute besides the representations.
 HEADS = ("projections", "cluster_logits", "reconstructions")
 
@@ -82,6 +107,8 @@ class ConCluGenOutput:
     projections_raw: dict[str, Tensor]  # un-normalised [B, P] (input of the cluster head)
     cluster_logits: dict[str, Tensor]  # cluster_head(projections_raw) [B, K]
     reconstructions: dict[str, Tensor]  # decoder_m(rep_m) [B, input_dim_m]
+    # the inputs after InputNorm: what the heads read and the decoders reconstruct
+    inputs: dict[str, Tensor] = field(default_factory=dict)
     # modality → L2-normalised projection [B, P] of a second view of that modality (SimCLR)
     view_projections: dict[str, Tensor] = field(default_factory=dict)
 
@@ -111,6 +138,7 @@ class ConCluGen(nn.Module):
                 )
             else:
                 self.encoders[m] = GatedEmbeddingUnit(dim, d)
+        self.input_norms = nn.ModuleDict({m: InputNorm(dim) for m, dim in self.input_dims.items()})
         self.projection = ProjectionHead(d, p)
         self.cluster_head = nn.Linear(p, k, bias=False)
         self.decoders = nn.ModuleDict({m: Decoder(d, r, dim) for m, dim in self.input_dims.items()})
@@ -132,10 +160,30 @@ class ConCluGen(nn.Module):
         if missing:
             raise KeyError(f"missing modality features: {missing}")
 
+    def set_input_stats(self, stats: Mapping[str, tuple[Tensor, Tensor]]) -> None:
+        """Per-modality (mean, std) of the backbone features the heads standardise with."""
+        for m, (mean, std) in stats.items():
+            self.input_norms[m].set_stats(torch.as_tensor(mean, dtype=torch.float32),
+                                          torch.as_tensor(std, dtype=torch.float32))
+
+    def normalize_inputs(self, feats: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The model's modalities of ``feats`` after their :class:`InputNorm`."""
+        self._check(feats)
+        return {m: self.input_norms[m](feats[m]) for m in self.modalities}
+
     def represent(self, feats: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Per-modality representations [B, D] (what the linear probe reads)."""
-        self._check(feats)
-        return {m: self.encoders[m](feats[m]) for m in self.modalities}
+        x = self.normalize_inputs(feats)
+        return {m: self.encoders[m](x[m]) for m in self.modalities}
+
+    def load_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False):  # type: ignore[override]
+        """As ``nn.Module.load_state_dict``; a state without input statistics (checkpoints written
+        before InputNorm existed, imported reference models) keeps the identity ones."""
+        state = dict(state_dict)
+        for key, value in super().state_dict().items():
+            if key.startswith("input_norms.") and key not in state:
+                state[key] = value
+        return super().load_state_dict(state, strict=strict, assign=assign)
 
     def forward(
         self,
@@ -156,7 +204,8 @@ class ConCluGen(nn.Module):
         unknown = set(heads) - set(HEADS)
         if unknown:
             raise ValueError(f"unknown heads {sorted(unknown)}; choose from {HEADS}")
-        reps = self.represent(feats)
+        inputs = self.normalize_inputs(feats)
+        reps = {m: self.encoders[m](inputs[m]) for m in self.modalities}
         # The shared projection head is applied per modality, so BatchNorm statistics are those
         # of one modality's batch (as the reference does with its shared head).
         project = "projections" in heads or "cluster_logits" in heads
@@ -168,8 +217,9 @@ class ConCluGen(nn.Module):
             cluster_logits={m: self.cluster_head(r) for m, r in raw.items()} if "cluster_logits" in heads else {},
             reconstructions={m: self.decoders[m](reps[m]) for m in self.modalities}
             if "reconstructions" in heads else {},
-            view_projections={m: F.normalize(self.projection(self.encoders[m](x)), dim=-1)
+            view_projections={m: F.normalize(self.projection(self.encoders[m](self.input_norms[m](x))), dim=-1)
                               for m, x in (views or {}).items()},
+            inputs=inputs,
         )
 
 

@@ -88,6 +88,36 @@ def build_datasets(features_root: str, cfg: Config, has_val: bool, stream: bool 
     return out
 
 
+def feature_stats(ds: Any, modalities: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-dimension mean and standard deviation of each modality's plain vectors over the Ray
+    dataset ``ds`` (the pretraining rows), for the model's input standardisation
+    (``model.input_norm``). Partial sums are computed per batch inside Ray Data; the driver only
+    adds one small row per batch. Constant dimensions get std 1 (they stay centred at 0)."""
+    mods = list(modalities)
+
+    def partial(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for m in mods:
+            x = np.asarray(np.stack(batch[m]) if batch[m].dtype == object else batch[m], np.float64)
+            x = x.reshape(len(x), -1)
+            out["n"] = np.array([len(x)], np.int64)
+            out[m + ".sum"], out[m + ".sq"] = x.sum(0)[None], (x * x).sum(0)[None]
+        return out
+
+    rows = ds.select_columns(mods).map_batches(partial, batch_format="numpy", batch_size=4096).take_all()
+    n = sum(int(r["n"]) for r in rows)
+    if n == 0:
+        raise PretrainError("no training rows to compute the input statistics from")
+    stats = {}
+    for m in mods:
+        mean = sum(np.asarray(r[m + ".sum"], np.float64) for r in rows) / n
+        var = sum(np.asarray(r[m + ".sq"], np.float64) for r in rows) / n - mean * mean
+        std = np.sqrt(np.clip(var, 0.0, None))
+        std[std < 1e-6] = 1.0
+        stats[m] = (mean.astype(np.float32), std.astype(np.float32))
+    return stats
+
+
 def _tensor(col: Any, device: torch.device) -> torch.Tensor:
     """One numeric batch column → float32 [n, width] on ``device``."""
     if isinstance(col, torch.Tensor):

@@ -27,7 +27,7 @@ from conclugen import storage, tracking
 from conclugen.config import Config
 from conclugen.features.store import FeatureMeta, FeatureStoreError, check_meta, features_uri, read_meta
 from conclugen.locks import output_lock
-from conclugen.training.data import TRAIN_SPLITS, VAL_SPLITS, build_datasets, val_batch_size
+from conclugen.training.data import TRAIN_SPLITS, VAL_SPLITS, build_datasets, feature_stats, val_batch_size
 from conclugen.training.errors import NonFiniteLossError, PretrainError
 from conclugen.training.run_folder import (
     CHECKPOINT_FILE,
@@ -170,6 +170,8 @@ def fit(
         val_batch=val_batch_size(n_val, global_batch, workers) if n_val else 0, use_gpu=bool(use_gpu),
         run_fs=storage.resolve(run_uri, cfg.storage), tracking_uri=tracking_uri, mlflow_run_id=mlflow_run_id,
         cache_shards=bool(cache_shards),
+        input_stats=feature_stats(datasets["train"], cfg.model.modalities)
+        if cfg.model.input_norm == "standardize" else None,
     )
     fs, storage_path, name = ray_storage(run_uri, cfg.storage)
     resources = {"CPU": T.cpus_per_worker}

@@ -179,7 +179,8 @@ def _load_into(model: torch.nn.Module, mapped: Mapping[str, tuple[str, torch.Ten
             raise CheckpointShapeError(f"{uri}: '{ref}' has shape {list(t.shape)}, expected {list(own[ours].shape)}")
         own[ours] = t.detach().to(own[ours].dtype).clone()
     model.load_state_dict(own)
-    return [k for k in own if k not in mapped]
+    # input_norms stay the identity: the reference feeds raw backbone features to its heads
+    return [k for k in own if k not in mapped and not k.startswith("input_norms.")]
 
 
 def _initialised_groups(keys: list[str], uri: str) -> list[str]:
@@ -321,7 +322,8 @@ def import_reference(
     input_dims = {REFERENCE_MODALITIES[r]: input_dims[REFERENCE_MODALITIES[r]] for r in ref_mods}
     model_cfg = ModelConfig.model_validate({
         **cfg.model.model_dump(), "modalities": list(input_dims), "d": d,
-        "audio_geu_dim": g or cfg.model.audio_geu_dim, **_pretraining_dims(state, cfg.model, ckpt_uri)})
+        "audio_geu_dim": g or cfg.model.audio_geu_dim, "input_norm": "none",  # the reference reads raw features
+        **_pretraining_dims(state, cfg.model, ckpt_uri)})
     mapped = {ours: (k, v) for k, v in state.items() if (ours := our_key(k))}
     model = random_heads(model_cfg, input_dims, cfg.train.seed)
     initialised = _initialised_groups(_load_into(model, mapped, ckpt_uri), ckpt_uri)

@@ -66,6 +66,7 @@ class Stepper:
         device: torch.device | str = "cpu",
         distributed: bool = False,
         sync_batchnorm: bool = False,
+        input_stats: Mapping[str, tuple[Any, Any]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
@@ -80,6 +81,8 @@ class Stepper:
         # Modalities whose training batches carry a second version (second_view_key).
         self.second_views = (SIMCLR_MODALITY,) if self.weights["simclr"] > 0 else ()
         model = ConCluGen.from_config(cfg.model, self.input_dims)
+        if input_stats is not None:  # model.input_norm=standardize (a resume restores them too)
+            model.set_input_stats({m: input_stats[m] for m in self.modalities})
         # On its device before the optimizer holds its parameters (prepare_model's move is then a no-op).
         self.model = (to_sync_batchnorm(model) if sync_batchnorm else model).to(self.device)
         self.module: torch.nn.Module = self.model
@@ -145,7 +148,8 @@ class Stepper:
             fused = torch.stack([out.cluster_logits[m] for m in self.modalities]).mean(0).detach()
             losses["clustering"] = self._clustering(out.cluster_logits, fused, train)
         if self.weights["reconstruction"] > 0:
-            losses["reconstruction"] = reconstruction(out.reconstructions, feats)
+            # the target is the standardised input the heads read (model.input_norm)
+            losses["reconstruction"] = reconstruction(out.reconstructions, out.inputs)
         if self.weights["simclr"] > 0:
             za = out.projections[SIMCLR_MODALITY]
             zb = out.view_projections.get(SIMCLR_MODALITY, za)

@@ -58,6 +58,8 @@ class WorkerConfig:
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     cache_shards: bool = False  # materialised datasets: each worker keeps its shard in memory
+    # modality → (mean, std) per dimension for model.input_norm=standardize (None: identity)
+    input_stats: dict[str, tuple[Any, Any]] | None = None
 
 
 @dataclass
@@ -142,7 +144,8 @@ def _stepper(wc: WorkerConfig, cfg: Config, ws: int, payload: dict[str, Any] | N
         torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     seed_all(cfg.train.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     # SyncBatchNorm on GPUs only; CPU keeps per-worker BatchNorm (see model.heads.to_sync_batchnorm).
-    stepper = Stepper(cfg, wc.input_dims, device=device, distributed=ws > 1, sync_batchnorm=cfg.model.sync_batchnorm)
+    stepper = Stepper(cfg, wc.input_dims, device=device, distributed=ws > 1, sync_batchnorm=cfg.model.sync_batchnorm,
+                      input_stats=wc.input_stats)
     if ws > 1 or wc.use_gpu:
         kwargs = {"find_unused_parameters": stepper.find_unused()}
         stepper.wrap(lambda m: ray.train.torch.prepare_model(m, parallel_strategy_kwargs=kwargs))

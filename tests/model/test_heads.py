@@ -147,3 +147,39 @@ def test_to_sync_batchnorm_on_cpu_keeps_batchnorm() -> None:
         assert nn.SyncBatchNorm in kinds
     else:
         assert nn.BatchNorm1d in kinds and nn.SyncBatchNorm not in kinds
+
+
+def test_input_norm_standardises_what_every_head_reads_and_travels_with_the_state() -> None:
+    model = _model().eval()
+    feats = _feats(DIMS)
+    g = torch.Generator().manual_seed(5)
+    stats = {m: (torch.randn(d, generator=g, dtype=torch.float64),
+                 torch.rand(d, generator=g, dtype=torch.float64) + 0.5) for m, d in DIMS.items()}
+    plain = model(feats)
+    model.set_input_stats(stats)
+    out = model(feats)
+    for m in DIMS:
+        z = (feats[m].numpy() - stats[m][0].numpy()) / stats[m][1].numpy()
+        np.testing.assert_allclose(out.inputs[m].detach().numpy(), z, rtol=1e-6, atol=1e-6)
+        geu = model.encoders[m][0] if m == "audio" else model.encoders[m]
+        rep = _np_geu(geu, z)
+        if m == "audio":
+            rep = _np_lin(model.encoders[m][1], rep)
+        np.testing.assert_allclose(out.representations[m].detach().numpy(), rep, rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(out.representations[m], plain.representations[m])
+        assert torch.equal(plain.inputs[m], feats[m])  # identity until set
+    # the statistics are part of the state: a copy loaded from it represents identically
+    copy = _model()
+    copy.load_state_dict(model.state_dict())
+    copy.eval()
+    for m in DIMS:
+        assert torch.equal(copy.represent(feats)[m], model.represent(feats)[m])
+    # a state written before input statistics existed keeps the identity
+    old = {k: v for k, v in model.state_dict().items() if not k.startswith("input_norms.")}
+    legacy = _model()
+    legacy.load_state_dict(old)
+    assert torch.equal(legacy.input_norms["video"].std, torch.ones(DIMS["video"], dtype=torch.float64))
+    with pytest.raises(ValueError, match="> 0"):
+        model.set_input_stats({"video": (torch.zeros(24), torch.zeros(24))})
+    with pytest.raises(ValueError, match="shape"):
+        model.set_input_stats({"video": (torch.zeros(3), torch.ones(3))})

@@ -18,6 +18,7 @@ from conclugen.training.data import (
     WorkerBatches,
     build_datasets,
     feats_from_batch,
+    feature_stats,
     iter_fixed,
     second_view_key,
     stack_vectors,
@@ -204,3 +205,31 @@ def test_datasets_carry_clip_ids_and_versions_for_training_only(ray_cluster, tmp
     # A store without versions: the training dataset has the modality columns only, as before.
     write_feature_store(str(tmp_path / "plain"), splits={"train": 24}, dims={"video": 6, "audio": 3})
     assert build_datasets(str(tmp_path / "plain"), cfg, has_val=False, stream=stream)["train"].columns() == MODS
+
+
+@pytest.mark.ray
+def test_feature_stats_match_numpy_over_the_training_rows(ray_cluster, tmp_path):
+    """The input standardisation's statistics: per-dimension mean and (population) std of the
+    plain vectors of the training rows (train + unlabeled), constant dimensions std 1."""
+    from conclugen.features.store import load_arrays
+    from tests.helpers.features import write_feature_store
+
+    root = str(tmp_path / "feats")
+    write_feature_store(root, splits={"train": 30, "unlabeled": 20, "val": 8}, dims={"video": 6, "audio": 3})
+    cfg = load_config(None, [f"workdir={tmp_path}", "model.modalities=[video, audio]"])
+    ds = build_datasets(root, cfg, has_val=True, stream=True)
+    stats = feature_stats(ds["train"], MODS)
+    rows = load_arrays(root, MODS, splits=("train", "unlabeled"))
+    for m in MODS:
+        x = rows[m].astype(np.float64)
+        np.testing.assert_allclose(stats[m][0], x.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stats[m][1], x.std(0), rtol=1e-5, atol=1e-6)
+    const = _items_dataset({"video": np.ones((5, 2), np.float32)})
+    mean, std = feature_stats(const, ["video"])["video"]
+    assert mean.tolist() == [1.0, 1.0] and std.tolist() == [1.0, 1.0]
+
+
+def _items_dataset(cols: dict[str, np.ndarray]):
+    import ray.data
+
+    return ray.data.from_items([{k: v[i] for k, v in cols.items()} for i in range(len(next(iter(cols.values()))))])

@@ -190,6 +190,15 @@ def test_two_workers_mlflow_server_and_resume(ray_cluster, mlflow_server, tmp_pa
     x = {m: np.random.default_rng(0).random((4, d), dtype=np.float32)
          for m, d in {"video": 24, "audio": 12, "text": 16}.items()}
     best_model, _ = load_checkpoint(r1.best_checkpoint)
+    # model.input_norm=standardize: the heads' input statistics are those of the training rows
+    from conclugen.features.store import load_arrays
+
+    rows = load_arrays(root, list(best_model.modalities), splits=("train", "unlabeled"))
+    for m in best_model.modalities:
+        np.testing.assert_allclose(best_model.input_norms[m].mean.numpy(), rows[m].mean(0), rtol=1e-4, atol=1e-5)
+        std = rows[m].std(0)
+        std[std < 1e-6] = 1.0  # constant dimensions stay centred, unscaled
+        np.testing.assert_allclose(best_model.input_norms[m].std.numpy(), std, rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         ref = best_model.represent({m: torch.from_numpy(v) for m, v in x.items()})
     out = pyfunc.predict(x)

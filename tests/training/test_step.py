@@ -156,3 +156,21 @@ def test_the_forward_returns_only_what_the_losses_use(tmp_path, extra, want):
     out = st.module.outputs[-1]
     got = {h for h in ("projections", "cluster_logits", "reconstructions") if getattr(out, h)}
     assert got == want and set(out.representations) == set(DIMS)
+
+
+def test_reconstruction_targets_the_standardised_input(tmp_path):
+    """With input statistics the decoders reconstruct (x − mean) / std, the input the heads read."""
+    seed_all(0)
+    g = torch.Generator().manual_seed(3)
+    stats = {m: (torch.randn(d, generator=g) * 5, torch.rand(d, generator=g) * 4 + 1) for m, d in DIMS.items()}
+    st = Stepper(tiny_cfg(tmp_path, "losses.contrastive=0", "losses.clustering=0"), DIMS, input_stats=stats)
+    st.model.eval()
+    x = batches(1)[0]
+    with torch.no_grad():
+        got = st.losses(x, 0, train=False)["reconstruction"]
+        want = 0.0
+        for m in DIMS:
+            z = (x[m] - stats[m][0]) / stats[m][1]
+            rec = st.model.decoders[m](st.model.represent(x)[m])
+            want += float(((rec - z) ** 2).mean())
+    assert float(got) == pytest.approx(want, rel=1e-5)
