@@ -1,7 +1,7 @@
 """`conclugen ablate`: the reference's ablation set, pretrained and probed at equal budget, one table.
 
-Rows (the reference's released ablations, see docs/method.md, Linear probe; the video-only SimCLR
-baseline is not part of this set):
+Rows (the reference's released ablations and its video-only SimCLR baseline, see docs/method.md,
+Linear probe):
 
 =============================  ===================================  =====================
 row                            losses                               modalities
@@ -13,7 +13,11 @@ contrastive                    contrastive                          all
 contrastive_video_audio        contrastive                          video + audio
 contrastive_video_text         contrastive                          video + text
 reconstruction                 reconstruction                       all
+simclr_video                   simclr (NT-Xent, augmented versions) video
 =============================  ===================================  =====================
+
+``simclr_video`` needs augmented versions in the feature store (``extract.augmentations`` > 0);
+on a store without them the row is reported as ``skipped`` with that reason and the others run.
 
 An active loss keeps the config's weight λ (1.0 when the config had set it to 0); the others
 are set to 0. **Equal budget**: every row has the same epochs, batch, seed, optimiser and
@@ -33,35 +37,31 @@ the other through the same code. A row that fails is reported in the table (stat
 and does not stop the others.
 
 Layout under OUT (a local path): ``<row>/run`` (checkpoints), ``<row>/eval`` (probe reports and
-a predict bundle), ``ablation.md``, ``ablation.csv``, ``ablation.json``.
+a predict bundle), ``ablation.md``, ``ablation.csv``, ``ablation.json``; test figures with their 95%
+bootstrap interval over test clips (:mod:`conclugen.evaluation.ablation_table`).
 
 MLflow: one parent run ``ablation`` (the config as params, the table as artifacts, metrics
-``<row>.test_f1_weighted`` / ``<row>.test_accuracy`` for every row and baseline); each row's
+``<row>.test_f1_weighted`` / ``<row>.test_accuracy`` and their ``_low`` / ``_high`` bounds for
+every row and baseline); each row's
 pretraining run is its child and each row's evaluate run a child of that pretraining run. The
 parent run ends FAILED when a row failed.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from conclugen import storage
 from conclugen.config import Config
 from conclugen.errors import ConCluGenError
-from conclugen.evaluation.metrics import HEADLINE
+from conclugen.evaluation.ablation_table import AblationResult, RowResult, log_table, write_tables
 
-if TYPE_CHECKING:
-    from conclugen.evaluation.probe import ProbeResult
-
-LOSSES = ("contrastive", "clustering", "reconstruction")
+LOSSES = ("contrastive", "clustering", "reconstruction", "simclr")
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,11 @@ ABLATIONS: tuple[AblationRow, ...] = (
     AblationRow("contrastive_video_audio", ("contrastive",), ("video", "audio")),
     AblationRow("contrastive_video_text", ("contrastive",), ("video", "text")),
     AblationRow("reconstruction", ("reconstruction",)),
+    AblationRow("simclr_video", ("simclr",), ("video",)),
 )
+# Rows that read the store's augmented versions (meta.augmentations > 0).
+NEEDS_AUGMENTATIONS = frozenset({"simclr_video"})
+SKIP_NO_AUGMENTATIONS = "needs augmented versions (extract.augmentations > 0); the store has none"
 BASELINES = ("raw_features", "random_heads")
 
 
@@ -115,75 +119,7 @@ def plan_parallel(cfg: Config, resources: Mapping[str, float], n_rows: int, max_
     return min(n, max_parallel) if max_parallel > 0 else n
 
 
-@dataclass
-class RowResult:
-    name: str
-    losses: list[str]
-    modalities: list[str]
-    status: str  # ok | failed | baseline
-    accuracy: float | None = None
-    f1_weighted: float | None = None
-    precision_weighted: float | None = None
-    recall_weighted: float | None = None
-    epochs: int | None = None
-    checkpoint: str | None = None
-    pretrain_run_id: str | None = None
-    evaluate_run_id: str | None = None
-    seconds: float = 0.0
-    error: str = ""
-
-
-@dataclass
-class AblationResult:
-    out_dir: str
-    rows: list[RowResult]
-    parallel: int
-    seconds: float
-    mlflow_run_id: str | None = None
-    tracking_uri: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def row(self, name: str) -> RowResult:
-        return next(r for r in self.rows if r.name == name)
-
-    def markdown(self) -> str:
-        lines = ["| row | losses | modalities | test accuracy | test F1 (w) | epochs |",
-                 "|---|---|---|---|---|---|"]
-        for r in self.rows:
-            def f(x: float | None) -> str:
-                return f"{x:.4f}" if x is not None else "—"
-            losses = " + ".join(r.losses) if r.losses else "(none: baseline)"
-            name = r.name if r.status != "failed" else f"{r.name} (failed: {r.error[:80]})"
-            lines.append(f"| {name} | {losses} | {'+'.join(r.modalities)} | {f(r.accuracy)} | "
-                         f"{f(r.f1_weighted)} | {r.epochs if r.epochs is not None else '—'} |")
-        return "\n".join(lines) + "\n"
-
-    def csv_text(self) -> str:
-        buf = io.StringIO()
-        cols = ["row", "status", "losses", "modalities", "accuracy", "f1_weighted", "precision_weighted",
-                "recall_weighted", "epochs", "checkpoint", "pretrain_run_id", "evaluate_run_id", "seconds", "error"]
-        w = csv.writer(buf)
-        w.writerow(cols)
-        for r in self.rows:
-            d = asdict(r)
-            d["row"], d["losses"], d["modalities"] = r.name, "+".join(r.losses), "+".join(r.modalities)
-            w.writerow(["" if d[c] is None else (f"{d[c]:.6f}" if isinstance(d[c], float) else d[c]) for c in cols])
-        return buf.getvalue()
-
-    def describe(self) -> str:
-        lines = [f"ablation: {len([r for r in self.rows if r.status != 'baseline'])} rows, "
-                 f"{self.parallel} at a time, {self.seconds:.0f} s", "", self.markdown().rstrip(), "",
-                 f"table: {self.out_dir}/ablation.md, ablation.csv"]
-        if self.mlflow_run_id:
-            lines.append(f"MLflow run {self.mlflow_run_id} ({self.tracking_uri})")
-        return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- one row
-
-
-def _metrics(res: ProbeResult) -> dict[str, float]:
-    return {k: float(res.test_metrics[k]) for k in HEADLINE}
 
 
 def run_row(
@@ -216,7 +152,7 @@ def run_row(
         base.seconds = time.perf_counter() - t0
         return [base]
     base.status = "ok"
-    base.__dict__.update(_metrics(ev.results["conclugen"]))
+    base.set_metrics(ev.results["conclugen"], ev.intervals.get("conclugen"))
     base.epochs = pre.epochs_done
     base.checkpoint = pre.best_checkpoint
     base.pretrain_run_id = pre.mlflow_run_id
@@ -226,12 +162,27 @@ def run_row(
     if with_baselines:
         for name in BASELINES:
             b = RowResult(name, [], mods, "baseline", evaluate_run_id=ev.mlflow_run_id)
-            b.__dict__.update(_metrics(ev.results[name]))
+            b.set_metrics(ev.results[name], ev.intervals.get(name))
             out.append(b)
     return out
 
 
 # ----------------------------------------------------------------------------- driver
+
+
+def _row(name: str) -> AblationRow:
+    return next(r for r in ABLATIONS if r.name == name)
+
+
+def _skipped_rows(selected: Sequence[AblationRow], features_uri: str, base: Config) -> dict[str, str]:
+    """Rows that cannot run on these features, with the reason (a store without augmented
+    versions cannot train SimCLR)."""
+    from conclugen.features.store import read_meta
+
+    needs = [r.name for r in selected if r.name in NEEDS_AUGMENTATIONS]
+    if not needs or read_meta(features_uri, base.storage).augmentations > 0:
+        return {}
+    return {name: SKIP_NO_AUGMENTATIONS for name in needs}
 
 
 def _select(names: Sequence[str] | None) -> list[AblationRow]:
@@ -298,35 +249,6 @@ def _run_rows(
     return results
 
 
-def _write_tables(result: AblationResult, features_uri: str, base: Config, equal_budget: bool) -> list[Path]:
-    """ablation.md, ablation.csv and ablation.json under the result's folder."""
-    out = Path(result.out_dir)
-    (out / "ablation.md").write_text(result.markdown())
-    (out / "ablation.csv").write_text(result.csv_text())
-    (out / "ablation.json").write_text(json.dumps(
-        {"features_uri": features_uri, "parallel": result.parallel, "seconds": result.seconds,
-         "equal_budget": equal_budget, "epochs": base.train.epochs, "batch_size": base.train.batch_size,
-         "seed": base.train.seed, "rows": [asdict(r) for r in result.rows], "mlflow_run_id": result.mlflow_run_id},
-        indent=2))
-    return [out / name for name in ("ablation.md", "ablation.csv", "ablation.json")]
-
-
-def _log_table(uri: str, run_id: str, table: Sequence[RowResult], files: Sequence[Path]) -> None:
-    """``<row>.test_f1_weighted`` / ``<row>.test_accuracy`` for every row and baseline, the tables as artifacts."""
-    from conclugen import tracking
-
-    metrics = {}
-    for r in table:
-        for k in ("f1_weighted", "accuracy"):
-            v = getattr(r, k)
-            if v is not None:
-                metrics[f"{r.name}.test_{k}"] = v
-    tracking.log_metrics(uri, run_id, metrics, step=0)
-    c = tracking.client(uri)
-    for f in files:
-        c.log_artifact(run_id, str(f))
-
-
 def run_ablation(
     features_uri: str,
     out_dir: str,
@@ -352,7 +274,9 @@ def run_ablation(
     selected = _select(rows)
     features_uri, out, uri, base = _pinned(features_uri, out_dir, cfg)
     cfgs = {r.name: row_config(base, r, equal_budget) for r in selected}
-    for r in selected:  # every row's modalities must be in the features: fail before any work
+    skipped = _skipped_rows(selected, features_uri, base)
+    runnable = [r for r in selected if r.name not in skipped]
+    for r in runnable:  # every row's modalities must be in the features: fail before any work
         check_features(features_uri, cfgs[r.name])
     Path(out).mkdir(parents=True, exist_ok=True)
 
@@ -362,21 +286,26 @@ def run_ablation(
     with opened as run:
         parent = run.run_id if run is not None else None
         # Baselines ride with the first row that sees every modality of the config.
-        full = [r for r in selected if cfgs[r.name].model.modalities == base.model.modalities]
+        full = [r for r in runnable if cfgs[r.name].model.modalities == base.model.modalities]
         baseline_row = full[0].name if full else None
-        parallel = plan_parallel(base, ray.cluster_resources(), len(selected), max_parallel)
-        say(f"ablation: {len(selected)} rows, {parallel} at a time "
+        parallel = plan_parallel(base, ray.cluster_resources(), len(runnable), max_parallel)
+        say(f"ablation: {len(runnable)} rows, {parallel} at a time "
             f"({max(base.train.workers, 1)} Train worker(s) each), {base.train.epochs} epochs per row")
+        for name, why in skipped.items():
+            say(f"ablation: skipped {name}: {why}")
 
-        results = _run_rows(selected, cfgs, features_uri, out, parent, baseline_row, parallel, say)
+        results = _run_rows(runnable, cfgs, features_uri, out, parent, baseline_row, parallel, say)
+        results |= {name: [RowResult(name, [*_row(name).losses], list(cfgs[name].model.modalities), "skipped",
+                                     error=why)] for name, why in skipped.items()}
         table = [results[r.name][0] for r in selected]
         table += [x for r in selected for x in results[r.name][1:]]  # the baselines last
-        result = AblationResult(out, table, parallel, time.perf_counter() - t0, parent, uri if parent else None)
+        result = AblationResult(out, table, parallel, time.perf_counter() - t0, parent, uri if parent else None,
+                                confidence=base.probe.confidence)
         if baseline_row is None:
             result.notes.append("no row uses every modality of the config: baselines left out")
-        files = _write_tables(result, features_uri, base, equal_budget)
+        files = write_tables(result, features_uri, base, equal_budget)
         if run is not None:
-            _log_table(uri, run.run_id, table, files)
+            log_table(uri, run.run_id, table, files)
             if any(r.status == "failed" for r in table):
                 run.status = "FAILED"
         return result

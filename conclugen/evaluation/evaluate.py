@@ -8,14 +8,19 @@ probe), so the value of pretraining is visible in one table:
 - ``raw_features``  the backbone features themselves, concatenated (no heads);
 - ``random_heads``  the same architecture with random weights (seeded: ``cfg.train.seed``).
 
-All three use the checkpoint's modalities. The probe, reports and PNGs come from
-:func:`conclugen.evaluation.compare.evaluate_representations`; the MLflow run is a child of the
+All three use the checkpoint's modalities; ``also`` (``--also NAME=CHECKPOINT``) adds the heads
+of further checkpoints under their own names (each with its own modalities). The probe, reports
+and PNGs come from :func:`conclugen.evaluation.compare.evaluate_representations`; every test
+figure carries a 95% bootstrap interval over test clips (:mod:`conclugen.evaluation.intervals`).
+With ``label_fractions`` the probe is also trained on stratified shares of the training labels,
+``seeds`` times (:mod:`conclugen.evaluation.label_efficiency`). The MLflow run is a child of the
 pretraining run (``mlflow.parentRunId`` + ``pretrain_run_id`` tags) when that run exists in the
 tracking store.
 
 Output folder (``--out``; local or ``s3://``)::
 
-    comparison.md / comparison.csv     one row per encoder (test accuracy, weighted P/R/F1)
+    comparison.md / comparison.csv     one row per encoder (test accuracy, weighted P/R/F1, intervals)
+    label_efficiency/                  with label_fractions: label_efficiency.{md,csv,json,png}
     <encoder>/                         report.md, report.json, predictions.csv, confusion.png,
                                        map2d.png, probe.npz
     model/                             the predict bundle (see conclugen/evaluation/bundle.py)
@@ -39,10 +44,17 @@ from conclugen.config import Config, ModelConfig
 from conclugen.errors import ConCluGenError
 from conclugen.evaluation.bundle import BUNDLE_DIR, write_bundle
 from conclugen.evaluation.compare import evaluate_representations
-from conclugen.evaluation.encoders import ENCODERS, build_encoders
+from conclugen.evaluation.encoders import ENCODERS, build_encoders, heads_encoder
+from conclugen.evaluation.intervals import Interval
+from conclugen.evaluation.label_efficiency import (
+    LabelEfficiencyResult,
+    label_efficiency,
+    log_label_efficiency,
+)
 from conclugen.evaluation.metrics import HEADLINE
 from conclugen.evaluation.probe import ProbeResult
 from conclugen.evaluation.probe_tracking import log_probe_results
+from conclugen.evaluation.report import report_intervals, write_comparison, write_report_text
 from conclugen.features.store import FeatureMeta, check_meta, load_arrays, read_meta
 from conclugen.training.run_folder import load_checkpoint, resolve_checkpoint
 
@@ -65,13 +77,17 @@ class EvaluateResult:
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     notes: list[str] = field(default_factory=list)
+    intervals: dict[str, dict[str, Interval]] = field(default_factory=dict)  # encoder → metric → test interval
+    label_efficiency: LabelEfficiencyResult | None = None
 
     def f1(self, encoder: str = "conclugen") -> float:
         return float(self.results[encoder].test_metrics["f1_weighted"])
 
     def describe(self) -> str:
-        lines = [f"evaluate: {self.checkpoint_uri}", "", self.table_markdown.rstrip(), "",
-                 f"reports: {self.out_dir}", f"predict bundle: {self.bundle_uri}"]
+        lines = [f"evaluate: {self.checkpoint_uri}", "", self.table_markdown.rstrip(), ""]
+        if self.label_efficiency is not None:
+            lines += [self.label_efficiency.table_markdown.rstrip(), ""]
+        lines += [f"reports: {self.out_dir}", f"predict bundle: {self.bundle_uri}"]
         if self.mlflow_run_id:
             lines.append(f"MLflow run {self.mlflow_run_id} ({self.tracking_uri})"
                          + (f", child of pretraining run {self.pretrain_run_id}" if self.pretrain_run_id else ""))
@@ -93,6 +109,28 @@ class _Checkpoint:
     @property
     def pretrain_run_id(self) -> str | None:
         return self.info.get("mlflow_run_id")
+
+
+def parse_fractions(text: str) -> list[float]:
+    """``"0.01,0.05,1"`` → [0.01, 0.05, 1.0] (each in (0, 1])."""
+    try:
+        fracs = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise EvaluateError(f"--label-fractions must be comma-separated numbers, got {text!r}") from e
+    if not fracs or any(not 0.0 < f <= 1.0 for f in fracs):
+        raise EvaluateError(f"--label-fractions must lie in (0, 1], got {text!r}")
+    return fracs
+
+
+def parse_also(items: Sequence[str]) -> dict[str, str]:
+    """``["simclr=runs/simclr", …]`` → {"simclr": "runs/simclr", …}."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, uri = item.partition("=")
+        if not sep or not name.strip() or not uri.strip():
+            raise EvaluateError(f"--also takes NAME=CHECKPOINT, got {item!r}")
+        out[name.strip()] = uri.strip()
+    return out
 
 
 def default_out_dir(cfg: Config, ckpt_uri: str) -> str:
@@ -132,7 +170,11 @@ def _log_mlflow(
     results: Mapping[str, ProbeResult], local_out: Path, cfg: Config, pretrain_run_id: str | None, *,
     run_name: str, params: Mapping[str, Any], tags: Mapping[str, str],
 ) -> tuple[str, str, str | None]:
-    """(tracking uri, evaluate run id, parent run id actually used)."""
+    """(tracking uri, evaluate run id, parent run id actually used). The predict bundle is logged
+    into the run as an MLflow pyfunc and registered under ``tracking.model_name``
+    (:func:`conclugen.serving.mlflow_model.register_evaluation`)."""
+    from conclugen.serving.mlflow_model import register_evaluation  # imports mlflow: only here
+
     uri = tracking.tracking_uri(cfg)
     parent = None
     if pretrain_run_id:
@@ -147,17 +189,42 @@ def _log_mlflow(
         extra["conclugen.pretrain_run_id"] = pretrain_run_id  # link kept even across stores
     run_id = log_probe_results(results, local_out, parent, tracking_uri=uri, run_name=run_name,
                                experiment=cfg.tracking.experiment, params=params, tags=extra)
+    register_evaluation(uri, run_id, local_out, results, cfg, run_tags=extra)
     return uri, run_id, parent
 
 
-def _summary(features_uri: str, ckpt: _Checkpoint, results: Mapping[str, ProbeResult], notes: list[str]) -> dict:
+def _summary(features_uri: str, ckpt: _Checkpoint, results: Mapping[str, ProbeResult],
+             intervals: Mapping[str, Mapping[str, Interval]], notes: list[str]) -> dict:
     """evaluate.json (without the MLflow run, which is added once logged)."""
     return {
         "features_uri": str(features_uri), "checkpoint": ckpt.uri, "epoch": ckpt.info.get("epoch"),
         "modalities": ckpt.modalities, "encoders": list(results), "pretrain_run_id": ckpt.pretrain_run_id,
         "test": {n: {k: r.test_metrics[k] for k in HEADLINE} for n, r in results.items()},
+        "test_intervals": {n: {k: iv.as_dict() for k, iv in ivs.items()} for n, ivs in intervals.items()},
         "notes": notes,
     }
+
+
+def _also_encoders(also: Mapping[str, str], ckpt: _Checkpoint, features_uri: str, cfg: Config,
+                   taken: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """(encoders of the further checkpoints' heads, by name; the modalities they need beyond the
+    main checkpoint's), each checkpoint checked against the features first."""
+    encs: dict[str, Any] = {}
+    extra: list[str] = []
+    for name, uri in also.items():
+        if name in taken or name in encs or not name.replace("_", "").replace("-", "").isalnum():
+            raise EvaluateError(f"--also name {name!r} must be a new folder-safe name (not one of {list(taken)})")
+        other = _load_checkpoint(uri, cfg)
+        _check_features(features_uri, other, cfg)
+        encs[name] = heads_encoder(other.model, other.modalities)
+        extra += [m for m in other.modalities if m not in ckpt.modalities and m not in extra]
+    return encs, extra
+
+
+def _interval_metrics(intervals: Mapping[str, Mapping[str, Interval]]) -> dict[str, float]:
+    """``<encoder>.test_<metric>_low`` / ``_high`` for the evaluate run."""
+    return {f"{n}.test_{k}_{end}": getattr(iv, end) for n, ivs in intervals.items() for k, iv in ivs.items()
+            for end in ("low", "high")}
 
 
 def _mlflow_params(features_uri: str, ckpt: _Checkpoint, cfg: Config) -> dict[str, Any]:
@@ -178,9 +245,16 @@ def run_evaluate(
     run_name: str = "evaluate",
     tags: Mapping[str, str] | None = None,
     map_method: str = "auto",
+    also: Mapping[str, str] | None = None,
+    label_fractions: Sequence[float] | None = None,
+    seeds: int = 5,
+    progress: Any = None,
 ) -> EvaluateResult:
-    """Probe the checkpoint's representations (and the baselines in ``encoders``) on the labelled
-    splits of ``features_uri``; write reports and the predict bundle to ``out_dir``; log to MLflow.
+    """Probe the checkpoint's representations (and the baselines in ``encoders``, and the heads of
+    the checkpoints in ``also``: name → checkpoint) on the labelled splits of ``features_uri``;
+    write reports (figures with intervals) and the predict bundle to ``out_dir``; log to MLflow.
+    ``label_fractions``: also the label-efficiency study over those shares of the training labels,
+    ``seeds`` repeats each (``progress`` gets a line per probe).
 
     ``checkpoint_uri`` is a checkpoint folder, its ``checkpoint.pt``, or a pretraining run folder
     (its best checkpoint is used). ``cfg`` gives the probe settings, the seed of the random heads
@@ -188,10 +262,13 @@ def run_evaluate(
     """
     ckpt = _load_checkpoint(checkpoint_uri, cfg)
     meta, notes = _check_features(features_uri, ckpt, cfg)
-    arrays = load_arrays(features_uri, ckpt.modalities, splits=("train", "val", "test"), cfg=cfg.storage)
+    extra_encs, extra_mods = _also_encoders(also or {}, ckpt, features_uri, cfg, encoders)
+    # augmented=True: a store with augmented versions trains the probe on them (compare.encoded_splits)
+    arrays = load_arrays(features_uri, [*ckpt.modalities, *extra_mods], splits=("train", "val", "test"),
+                         cfg=cfg.storage, augmented=True)
     if not np.any(arrays["split"] == "train"):
         raise EvaluateError(f"{features_uri} has no labelled train rows to fit the probe on")
-    encs = build_encoders(ckpt.model, ckpt.model_cfg, ckpt.input_dims, cfg.train.seed, encoders)
+    encs = build_encoders(ckpt.model, ckpt.model_cfg, ckpt.input_dims, cfg.train.seed, encoders) | extra_encs
 
     out = out_dir or default_out_dir(cfg, ckpt.uri)
     remote = storage.is_s3(out)
@@ -201,11 +278,22 @@ def run_evaluate(
             encs, arrays, label_space=list(meta.label_space), multilabel=bool(meta.multilabel),
             corpus=meta.corpus, cfg=cfg, out_dir=local, map_method=map_method,
         )
+        intervals = {n: report_intervals(r, bootstrap=cfg.probe.bootstrap, confidence=cfg.probe.confidence,
+                                         seed=cfg.probe.seed) for n, r in results.items()}
+        # This config's interval settings in every report (whatever settings the reports were written with).
+        for n, r in results.items():
+            write_report_text(r, local / n, intervals[n])
+        write_comparison(results, local, intervals=intervals)
         table = (local / "comparison.md").read_text()
+        le = None
+        if label_fractions:
+            le = label_efficiency(encs, arrays, label_space=list(meta.label_space), multilabel=bool(meta.multilabel),
+                                  corpus=meta.corpus, cfg=cfg, out_dir=local / "label_efficiency",
+                                  fractions=label_fractions, seeds=seeds, progress=progress)
         write_bundle(local, ckpt.uri, meta, cfg.extract, features_uri=features_uri, modalities=ckpt.modalities,
                      input_dims=ckpt.input_dims, storage_cfg=cfg.storage, pretrain_run_id=ckpt.pretrain_run_id,
                      probe_file=local / "conclugen" / "probe.npz" if "conclugen" in results else None)
-        summary = _summary(features_uri, ckpt, results, notes)
+        summary = _summary(features_uri, ckpt, results, intervals, notes)
         (local / "evaluate.json").write_text(json.dumps(summary, indent=2))
 
         uri = run_id = parent = None
@@ -216,6 +304,9 @@ def run_evaluate(
                 tags={"conclugen.command": "evaluate", "conclugen.checkpoint": ckpt.uri,
                       "conclugen.features_uri": str(features_uri), **dict(tags or {})},
             )
+            tracking.log_metrics(uri, run_id, _interval_metrics(intervals), step=0)
+            if le is not None:
+                log_label_efficiency(uri, run_id, le, artifacts=False)  # its files came with the out folder
             summary |= {"mlflow_run_id": run_id, "tracking_uri": uri}
             (local / "evaluate.json").write_text(json.dumps(summary, indent=2))
         if remote:
@@ -227,5 +318,5 @@ def run_evaluate(
     return EvaluateResult(
         out_dir=out_uri, checkpoint_uri=ckpt.uri, results=results, table_markdown=table,
         bundle_uri=storage.join(out_uri, BUNDLE_DIR), pretrain_run_id=parent or ckpt.pretrain_run_id,
-        mlflow_run_id=run_id, tracking_uri=uri, notes=notes,
+        mlflow_run_id=run_id, tracking_uri=uri, notes=notes, intervals=intervals, label_efficiency=le,
     )

@@ -147,3 +147,40 @@ def plot_map2d(
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path
+
+
+def plot_label_efficiency(
+    fractions: Sequence[float],
+    curves: Mapping[str, Sequence[Any]],
+    path: str | Path,
+    *,
+    ylabel: str = "test F1 (weighted)",
+    title: str = "",
+) -> Path:
+    """A metric against the labelled fraction (log x axis): one line per encoder with its
+    interval as a band. ``curves`` maps an encoder to one interval per fraction (objects with
+    ``value``, ``low`` and ``high``, e.g. :class:`conclugen.evaluation.intervals.Interval`)."""
+    import matplotlib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = np.asarray(fractions, dtype=float)
+    fig = _figure(6.5, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    cmap = matplotlib.colormaps["tab10"]
+    for k, (name, ivs) in enumerate(curves.items()):
+        colour = cmap(k % 10)
+        ax.plot(x, [i.value for i in ivs], marker="o", color=colour, label=name)
+        ax.fill_between(x, [i.low for i in ivs], [i.high for i in ivs], color=colour, alpha=0.2, linewidth=0)
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{f * 100:g}%" for f in x])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled share of the training split")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path

@@ -9,6 +9,10 @@ FINISHED (completed), KILLED (stopped) or FAILED (error, non-finite loss) by the
 after the trial's processes have exited: a trial process that Tune tears down mid-epoch may end
 its run FAILED on the way out (its pretraining thread sees the Train run vanish), and would
 otherwise race the driver.
+
+Intervals: when a trial's last report carries ``<metric>_low`` / ``<metric>_high`` (the probe's
+bootstrap interval over the validation clips, see docs/method.md, Linear probe: intervals), the
+table and the description show the objective as ``0.752 [0.65, 0.84]``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 from conclugen import storage, tracking
 from conclugen.config import Config
+from conclugen.evaluation.intervals import format_interval
 from conclugen.search.plan import BEST_CONFIG, trial_config, trial_run_uri
 from conclugen.search.space import Space, trial_params
 from conclugen.search.trial import child_run_id, numeric, read_attempts, wait_for_exit
@@ -51,6 +56,13 @@ class TrialSummary:
     metrics: dict[str, float] = field(default_factory=dict)  # the last report
     error: str | None = None
 
+    def objective_text(self, metric: str) -> str:
+        """The objective, with its interval when the last report has ``<metric>_low`` / ``_high``."""
+        if self.objective is None:
+            return ""
+        lo, hi = self.metrics.get(f"{metric}_low"), self.metrics.get(f"{metric}_high")
+        return format_interval(self.objective, lo, hi) if lo is not None and hi is not None else f"{self.objective:.4f}"
+
 
 @dataclass
 class TuneSummary:
@@ -71,13 +83,13 @@ class TuneSummary:
         """Markdown table: trial, sampled params, objective, epochs, status (best marked ★)."""
         keys = sorted({k for t in self.trials for k in t.params})
         short = [k.split(".")[-1] for k in keys]
-        head = ["trial", *short, self.metric, "epochs", "status"]
+        bounded = any(f"{self.metric}_low" in t.metrics for t in self.trials)
+        head = ["trial", *short, self.metric + (" [interval]" if bounded else ""), "epochs", "status"]
         rows = []
         for t in self.trials:
             mark = " ★" if self.best is not None and t.trial_id == self.best.trial_id else ""
             vals = [_fmt(t.params.get(k)) for k in keys]
-            obj = "" if t.objective is None else f"{t.objective:.4f}"
-            rows.append([t.trial_id + mark, *vals, obj, str(t.epochs), t.status])
+            rows.append([t.trial_id + mark, *vals, t.objective_text(self.metric), str(t.epochs), t.status])
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
         lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
                  "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -87,7 +99,7 @@ class TuneSummary:
     def describe(self) -> str:
         parts = [f"{len(self.trials)} trials (" + ", ".join(f"{v} {k}" for k, v in sorted(self.counts().items())) + ")"]
         if self.best is not None and self.best.objective is not None:
-            parts.append(f"best {self.metric} {self.best.objective:.4f} ({self.best.trial_id})")
+            parts.append(f"best {self.metric} {self.best.objective_text(self.metric)} ({self.best.trial_id})")
         if self.best_config_path:
             parts.append(f"best config {self.best_config_path}")
         if self.parent_run_id:

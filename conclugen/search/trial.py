@@ -210,9 +210,15 @@ class Prober:
         empty = ProbeData(np.zeros((0, X.shape[1]), np.float32), [])
         res = fit_probe(data["train"], data["val"], empty, label_space=self.label_space,
                         multilabel=self.multilabel, cfg=self.cfg.probe, corpus=self.corpus)
-        v = res.val_metrics
+        from conclugen.evaluation.intervals import split_intervals
+
+        v, P = res.val_metrics, self.cfg.probe
+        # the objective's interval (bootstrap over validation clips) for the search summary
+        iv = split_intervals(res, data["val"], metrics=("f1_weighted",), resamples=P.bootstrap,
+                             confidence=P.confidence, seed=P.seed)["f1_weighted"]
         return {"probe_f1": float(v["f1_weighted"]), "probe_accuracy": float(v["accuracy"]),
-                "probe_best_epoch": float(res.best_epoch)}
+                "probe_best_epoch": float(res.best_epoch), "probe_f1_low": float(iv.low),
+                "probe_f1_high": float(iv.high)}
 
 
 class _Reporter:

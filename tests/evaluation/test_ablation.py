@@ -14,7 +14,9 @@ from conclugen.config import load_config
 from tests.helpers.configs import TINY as BASE_TINY
 from tests.helpers.features import write_feature_store
 
-TINY = [*BASE_TINY, "probe.epochs=20", "probe.batch_size=64"]
+# balanced protocol (standardised inputs): after 1 pretraining epoch the heads' outputs are tiny,
+# and the reference protocol's unstandardised 20-epoch probe on them stays at chance.
+TINY = [*BASE_TINY, "probe.epochs=20", "probe.batch_size=64", "probe.protocol=balanced"]
 
 
 def test_rows_are_the_reference_set() -> None:
@@ -22,20 +24,21 @@ def test_rows_are_the_reference_set() -> None:
 
     base = load_config(None, ["losses.contrastive=0.5", "losses.reconstruction=0", "train.epochs=7",
                               "storage.secret_access_key=s3cr3t"])
-    want = {  # row → (contrastive, clustering, reconstruction, modalities)
-        "all_losses": (0.5, 1.0, 1.0, ["video", "audio", "text"]),
-        "contrastive_clustering": (0.5, 1.0, 0.0, ["video", "audio", "text"]),
-        "contrastive_reconstruction": (0.5, 0.0, 1.0, ["video", "audio", "text"]),
-        "contrastive": (0.5, 0.0, 0.0, ["video", "audio", "text"]),
-        "contrastive_video_audio": (0.5, 0.0, 0.0, ["video", "audio"]),
-        "contrastive_video_text": (0.5, 0.0, 0.0, ["video", "text"]),
-        "reconstruction": (0.0, 0.0, 1.0, ["video", "audio", "text"]),
+    want = {  # row → (contrastive, clustering, reconstruction, simclr, modalities)
+        "all_losses": (0.5, 1.0, 1.0, 0.0, ["video", "audio", "text"]),
+        "contrastive_clustering": (0.5, 1.0, 0.0, 0.0, ["video", "audio", "text"]),
+        "contrastive_reconstruction": (0.5, 0.0, 1.0, 0.0, ["video", "audio", "text"]),
+        "contrastive": (0.5, 0.0, 0.0, 0.0, ["video", "audio", "text"]),
+        "contrastive_video_audio": (0.5, 0.0, 0.0, 0.0, ["video", "audio"]),
+        "contrastive_video_text": (0.5, 0.0, 0.0, 0.0, ["video", "text"]),
+        "reconstruction": (0.0, 0.0, 1.0, 0.0, ["video", "audio", "text"]),
+        "simclr_video": (0.0, 0.0, 0.0, 1.0, ["video"]),
     }
     assert [r.name for r in ABLATIONS] == list(want)
     for r in ABLATIONS:
         c = row_config(base, r)
         L = c.losses
-        assert (L.contrastive, L.clustering, L.reconstruction, c.model.modalities) == want[r.name], r.name
+        assert (L.contrastive, L.clustering, L.reconstruction, L.simclr, c.model.modalities) == want[r.name], r.name
         # equal budget: same epochs/batch/seed/lr for every row, no early stop
         assert (c.train.epochs, c.train.patience, c.train.batch_size, c.train.seed, c.train.lr) == (
             7, 7, base.train.batch_size, base.train.seed, base.train.lr)
@@ -58,6 +61,41 @@ def test_plan_parallel() -> None:
         _select(["all_losses", "simclr"])
 
 
+def test_simclr_row_skipped_without_augmented_versions(tmp_path: Path) -> None:
+    from conclugen.evaluation.ablation import _select, _skipped_rows
+    from conclugen.features.store import read_meta, write_meta
+
+    cfg = load_config(None, [])
+    feats = str(tmp_path / "feats")
+    write_feature_store(feats)
+    rows = _select(["all_losses", "simclr_video"])
+    skipped = _skipped_rows(rows, feats, cfg)
+    assert list(skipped) == ["simclr_video"] and "extract.augmentations > 0" in skipped["simclr_video"]
+    meta = read_meta(feats)
+    meta.augmentations = 2
+    write_meta(feats, meta)
+    assert _skipped_rows(rows, feats, cfg) == {}
+
+
+def test_table_shows_intervals_and_skipped_rows() -> None:
+    from conclugen.evaluation.ablation_table import AblationResult, RowResult, table_metrics
+
+    ok = RowResult("all_losses", ["contrastive", "clustering"], ["video", "audio"], "ok", accuracy=0.7523,
+                   f1_weighted=0.7, accuracy_low=0.651, accuracy_high=0.8449, f1_weighted_low=0.6, f1_weighted_high=0.8,
+                   epochs=3)
+    skip = RowResult("simclr_video", ["simclr"], ["video"], "skipped", error="needs augmented versions")
+    res = AblationResult("/tmp/x", [ok, skip], parallel=1, seconds=1.0)
+    md = res.markdown()
+    assert "| all_losses | contrastive + clustering | video+audio | 0.752 [0.65, 0.84] | 0.700 [0.60, 0.80] | 3 |" in md
+    assert "| simclr_video (skipped: needs augmented versions) | simclr | video | — | — | — |" in md
+    rows = list(csv.DictReader(res.csv_text().splitlines()))
+    assert rows[0]["accuracy_low"] == "0.651000" and rows[1]["status"] == "skipped" and rows[1]["accuracy"] == ""
+    m = table_metrics(res.rows)
+    assert m == {"all_losses.test_f1_weighted": 0.7, "all_losses.test_f1_weighted_low": 0.6,
+                 "all_losses.test_f1_weighted_high": 0.8, "all_losses.test_accuracy": 0.7523,
+                 "all_losses.test_accuracy_low": 0.651, "all_losses.test_accuracy_high": 0.8449}
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ablate_command_end_to_end(ray_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,7 +111,7 @@ def test_ablate_command_end_to_end(ray_cluster, tmp_path: Path, monkeypatch: pyt
     out = tmp_path / "ablation"
     rows = ["all_losses", "contrastive_video_audio"]
     args = ["ablate", feats, "--out", str(out)]
-    for r in rows:
+    for r in [*rows, "simclr_video"]:  # the store has no augmented versions: simclr_video is skipped
         args += ["--row", r]
     for s in sets:
         args += ["--set", s]
@@ -82,11 +120,15 @@ def test_ablate_command_end_to_end(ray_cluster, tmp_path: Path, monkeypatch: pyt
     assert "2 rows, 2 at a time" in result.output  # 8 logical CPUs, 3 per row: both rows at once
 
     table = list(csv.DictReader((out / "ablation.csv").open()))
-    assert [t["row"] for t in table] == [*rows, "raw_features", "random_heads"]
-    assert [t["status"] for t in table] == ["ok", "ok", "baseline", "baseline"]
+    assert [t["row"] for t in table] == [*rows, "simclr_video", "raw_features", "random_heads"]
+    assert [t["status"] for t in table] == ["ok", "ok", "skipped", "baseline", "baseline"]
+    assert "extract.augmentations > 0" in table[2]["error"] and "skipped simclr_video" in result.output
+    table.pop(2)
     assert table[1]["modalities"] == "video+audio" and table[1]["losses"] == "contrastive"
     for t in table:
         assert 0.0 <= float(t["f1_weighted"]) <= 1.0 and 0.0 <= float(t["accuracy"]) <= 1.0
+        for k in ("f1_weighted", "accuracy"):  # the 95% interval over test clips holds the value
+            assert float(t[f"{k}_low"]) <= float(t[k]) <= float(t[f"{k}_high"])
     for t in table[:2]:
         assert int(t["epochs"]) == 1 and (out / t["row"] / "eval" / "conclugen" / "confusion.png").is_file()
         assert Path(t["checkpoint"]).is_dir() and str(out / t["row"] / "run") in t["checkpoint"]

@@ -91,6 +91,57 @@ def test_checkpoint_resolution_and_mismatch(tmp_path: Path) -> None:
         run_evaluate(feats, str(run), cfg, str(tmp_path / "out"), log_mlflow=False)
 
 
+def test_evaluate_intervals_label_efficiency_and_also(tmp_path: Path) -> None:
+    from conclugen.evaluation.evaluate import EvaluateError, parse_also, parse_fractions, run_evaluate
+
+    cfg = load_config(None, [*TINY, "probe.epochs=10", "probe.bootstrap=100", f"workdir={tmp_path / 'work'}"])
+    a, b = _save(tmp_path / "a", cfg, seed=1), _save(tmp_path / "b", cfg, seed=2)
+    feats = str(tmp_path / "feats")
+    write_feature_store(feats, splits={"train": 64, "val": 24, "test": 24})
+    out = tmp_path / "out"
+    ev = run_evaluate(feats, a, cfg, str(out), encoders=("conclugen", "raw_features"), log_mlflow=False,
+                      map_method="pca", also={"other": b}, label_fractions=(0.25, 1.0), seeds=2)
+    names = ["conclugen", "raw_features", "other"]
+    assert list(ev.results) == names and set(ev.intervals) == set(names)
+
+    # comparison table and CSV: every figure with its interval, the value inside it
+    rows = {r["encoder"]: r for r in csv.DictReader((out / "comparison.csv").open())}
+    assert list(rows) == names
+    for n, r in rows.items():
+        for k in ("accuracy", "f1_weighted", "precision_weighted", "recall_weighted"):
+            iv = ev.intervals[n][k]
+            assert float(r[f"{k}_low"]) == pytest.approx(iv.low, abs=1e-6)
+            assert float(r[f"{k}_high"]) == pytest.approx(iv.high, abs=1e-6)
+            assert iv.low <= float(r[k]) + 1e-6 and float(r[k]) <= iv.high + 1e-6
+            assert iv.value == pytest.approx(ev.results[n].test_metrics[k])
+        assert f"| {n} | {ev.intervals[n]['accuracy']} |" in ev.table_markdown
+    assert ev.table_markdown == (out / "comparison.md").read_text() and "95% interval" in ev.table_markdown
+    # report.json / evaluate.json carry the same intervals (one seeded bootstrap)
+    rep = json.loads((out / "conclugen" / "report.json").read_text())
+    assert rep["test_intervals"]["f1_weighted"]["low"] == pytest.approx(ev.intervals["conclugen"]["f1_weighted"].low)
+    assert str(ev.intervals["conclugen"]["f1_weighted"]) in (out / "conclugen" / "report.md").read_text()
+    summary = json.loads((out / "evaluate.json").read_text())
+    assert summary["test_intervals"]["other"]["accuracy"]["high"] == ev.intervals["other"]["accuracy"].high
+
+    # label efficiency over every encoder, the --also one included
+    le = ev.label_efficiency
+    assert le is not None and le.encoders == names and le.fractions == [0.25, 1.0]
+    le_rows = list(csv.DictReader((out / "label_efficiency" / "label_efficiency.csv").open()))
+    assert len(le_rows) == 3 * 2 * 2
+    full = [r for r in le_rows if r["encoder"] == "other" and float(r["fraction"]) == 1.0]
+    assert float(full[0]["f1_weighted"]) == pytest.approx(ev.results["other"].test_metrics["f1_weighted"], abs=1e-6)
+    assert le.table_markdown in ev.describe()
+
+    assert parse_fractions("0.01, 0.1,1") == [0.01, 0.1, 1.0] and parse_also(["x=a/b=c"]) == {"x": "a/b=c"}
+    for bad in ("0,0.5", "a,b", "1.5"):
+        with pytest.raises(EvaluateError, match="label-fractions"):
+            parse_fractions(bad)
+    with pytest.raises(EvaluateError, match="NAME=CHECKPOINT"):
+        parse_also(["nocheckpoint"])
+    with pytest.raises(EvaluateError, match="new folder-safe name"):
+        run_evaluate(feats, a, cfg, str(tmp_path / "o2"), log_mlflow=False, also={"raw_features": b})
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 def test_evaluate_command_end_to_end(ray_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,7 +159,8 @@ def test_evaluate_command_end_to_end(ray_cluster, tmp_path: Path, monkeypatch: p
     pre = run_pretrain(feats, str(tmp_path / "run"), cfg, log_model=False)
 
     out = tmp_path / "eval"
-    args = ["evaluate", feats, "--checkpoint", str(tmp_path / "run"), "--out", str(out)]
+    args = ["evaluate", feats, "--checkpoint", str(tmp_path / "run"), "--out", str(out),
+            "--label-fractions", "0.25,1", "--seeds", "2"]
     for s in sets:
         args += ["--set", s]
     result = CliRunner().invoke(app, args)
@@ -145,4 +197,15 @@ def test_evaluate_command_end_to_end(ray_cluster, tmp_path: Path, monkeypatch: p
     assert run.data.metrics["conclugen.test_f1_weighted"] == pytest.approx(float(rows["conclugen"]["f1_weighted"]), abs=1e-6)
     assert run.data.metrics["raw_features.test_accuracy"] == pytest.approx(float(rows["raw_features"]["accuracy"]), abs=1e-6)
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"comparison.md", "comparison.csv", "conclugen", "model"} <= arts
+    assert {"comparison.md", "comparison.csv", "conclugen", "model", "label_efficiency"} <= arts
+    assert "label_efficiency/label_efficiency.png" in {a.path for a in client.list_artifacts(run.info.run_id,
+                                                                                             "label_efficiency")}
+    # intervals and label efficiency as metrics
+    f1 = run.data.metrics["conclugen.test_f1_weighted"]
+    assert run.data.metrics["conclugen.test_f1_weighted_low"] <= f1 <= run.data.metrics["conclugen.test_f1_weighted_high"]
+    le = {r["encoder"]: r for r in csv.DictReader((out / "label_efficiency" / "label_efficiency.csv").open())
+          if float(r["fraction"]) == 0.25}
+    assert set(le) == {"conclugen", "raw_features", "random_heads"}
+    key = "label_efficiency.raw_features.25pct.f1_weighted"
+    assert run.data.metrics[f"{key}_low"] <= run.data.metrics[key] <= run.data.metrics[f"{key}_high"]
+    assert "Label efficiency, test F1 (w)" in result.output

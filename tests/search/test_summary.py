@@ -26,6 +26,17 @@ def test_summary_table_marks_the_best() -> None:
     assert "best probe_f1 0.5000 (t1)" in s.describe()
 
 
+def test_summary_table_shows_the_objective_interval() -> None:
+    a = TrialSummary("t1", {"train.lr": 0.001}, 0.7523, "completed", 2, "/x/t1",
+                     metrics={"probe_f1": 0.7523, "probe_f1_low": 0.6512, "probe_f1_high": 0.8449})
+    b = TrialSummary("t2", {"train.lr": 0.01}, 0.5, "completed", 2, "/x/t2", metrics={"probe_f1": 0.5})
+    s = TuneSummary("s", "/x", "probe_f1", "max", [a, b], a, "/x/best_config.yaml", "p", "u", 2, False, 1.0)
+    lines = s.table().splitlines()
+    assert "probe_f1 [interval]" in lines[0]
+    assert "0.752 [0.65, 0.84]" in lines[2] and "0.5000" in lines[3]  # no bounds reported: the value alone
+    assert "best probe_f1 0.752 [0.65, 0.84] (t1)" in s.describe()
+
+
 def test_best_prefers_trials_that_trained_to_their_end() -> None:
     done = TrialSummary("a", {}, 0.6, "completed", 2, "/a")
     stopped = TrialSummary("b", {}, 0.9, "stopped (ASHA)", 1, "/b")

@@ -91,6 +91,9 @@ def test_quick_search_asha_optuna_nested_mlflow(tmp_path: Path, ray_cluster, mlf
         assert lo <= t.params["train.lr"] <= hi and t.params["model.k"] in (4, 8)
         assert t.status in ("completed", "stopped (ASHA)"), t
         assert t.objective is not None and 0.0 <= t.objective <= 1.0
+        # the objective's bootstrap interval over validation clips travels with each report
+        assert t.metrics["probe_f1_low"] <= t.objective <= t.metrics["probe_f1_high"]
+    assert "[" in summary.table()  # the table prints "0.752 [0.65, 0.84]"
     completed = [t for t in summary.trials if t.status == "completed"]
     assert completed, "ASHA may stop a trial, not both"
     assert all(t.epochs == 2 for t in completed)
