@@ -100,6 +100,8 @@ def synth(
     clips: Annotated[int, typer.Option(help="Number of clips.")] = 70,
     seed: Annotated[int, typer.Option(help="Random seed (output is byte-identical per seed).")] = 0,
     difficulty: Annotated[float, typer.Option(help="0 = every modality clear … 1 = very ambiguous.")] = 0.3,
+    unlabeled: Annotated[int, typer.Option(help="Clips of an unlabeled pool for pretraining, same "
+                                           "generative process (split 'unlabeled').")] = 0,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -107,7 +109,8 @@ def synth(
     cfg = _load(config, set_)
     from conclugen.data.synthetic import synthesize
 
-    summary = synthesize(out, clips=clips, seed=seed, difficulty=difficulty, storage_cfg=cfg.storage)
+    summary = synthesize(out, clips=clips, seed=seed, difficulty=difficulty, storage_cfg=cfg.storage,
+                         unlabeled=unlabeled)
     typer.echo(summary.describe())
 
 
@@ -155,17 +158,30 @@ def evaluate(
         str, typer.Option("--checkpoint", help="Checkpoint folder, or a pretraining run folder (its best checkpoint).")
     ],
     out: Annotated[str | None, typer.Option("--out", help="Report directory.")] = None,
+    label_fractions: Annotated[
+        str | None,
+        typer.Option("--label-fractions", help="Also probe on these stratified shares of the training labels, "
+                     "e.g. 0.01,0.05,0.1,0.25,1 (table, CSV and plot in OUT/label_efficiency)."),
+    ] = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Repeats per label fraction (subset + probe seed).")] = 5,
+    also: Annotated[
+        list[str] | None,
+        typer.Option("--also", help="NAME=CHECKPOINT: probe this checkpoint's heads too (repeatable)."),
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Linear probe on frozen representations, with baselines (raw features, random heads).
 
-    Writes reports, PNGs, the comparison table and a predict bundle (OUT/model);
+    Writes reports, PNGs, the comparison table (95% intervals) and a predict bundle (OUT/model);
     logs an MLflow run nested under the pretraining run."""
     cfg = _load(config, set_)
-    from conclugen.evaluation.evaluate import run_evaluate
+    from conclugen.evaluation.evaluate import parse_also, parse_fractions, run_evaluate
 
-    typer.echo(run_evaluate(features, checkpoint, cfg, out).describe())
+    fractions = parse_fractions(label_fractions) if label_fractions else None
+    result = run_evaluate(features, checkpoint, cfg, out, also=parse_also(also or []), label_fractions=fractions,
+                          seeds=seeds, progress=typer.echo if fractions else None)
+    typer.echo(result.describe())
 
 
 @app.command()
@@ -174,7 +190,7 @@ def ablate(
     features: Annotated[str, typer.Argument(help="Features URI.")],
     out: Annotated[str, typer.Option("--out", help="Output directory.")],
     rows: Annotated[
-        list[str] | None, typer.Option("--row", help="Run only this row (repeatable; default: all seven).")
+        list[str] | None, typer.Option("--row", help="Run only this row (repeatable; default: all eight).")
     ] = None,
     parallel: Annotated[int, typer.Option(help="Rows at once (0 = as many as the cluster fits).")] = 0,
     config: ConfigOpt = None,
@@ -227,29 +243,59 @@ def predict(
     out: Annotated[
         str | None, typer.Option("--out", help="Folder for predictions.csv/.json (default: WORKDIR/predict).")
     ] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Run the stages in this process, without Ray (a few clips).")
+    ] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Emotions for new videos (files, folders, Parquet manifests; local or s3://).
 
-    Runs as Ray Data batch inference; a file that cannot be read gets an error line."""
+    Runs as Ray Data batch inference (--local: in this process, as the served MLflow model does);
+    a file that cannot be read gets an error line."""
     cfg = _load(config, set_)
     from conclugen.evaluation.bundle import bundle_dir
     from conclugen.serving.predict import predict_videos
 
     bundle_dir(model, cfg.storage)  # no bundle there: stop before Ray starts
-    use_ray(cfg)
-    result = predict_videos(videos, model, cfg, out=out or str(Path(cfg.workdir) / "predict"))
+    if not local:
+        use_ray(cfg)
+    result = predict_videos(videos, model, cfg, out=out or str(Path(cfg.workdir) / "predict"), local=local)
     typer.echo(result.table())
     if result.n_ok == 0:
         raise typer.Exit(1)
+
+
+@app.command("import-reference")
+@command
+def import_reference(
+    ckpt: Annotated[str, typer.Argument(help="The authors' released Lightning .ckpt (path or s3:// URI).")],
+    corpus: Annotated[str, typer.Option("--corpus", help="caer | meld | mosei (sets the classifier's label order).")],
+    out: Annotated[str, typer.Option("--out", help="Output folder: a checkpoint folder, and DIR/model for predict.")],
+    backbone: Annotated[
+        list[str] | None, typer.Option("--backbone", help="KIND=SPEC: the backbone predict loads (repeatable).")
+    ] = None,
+    backbone_dim: Annotated[
+        list[str] | None, typer.Option("--backbone-dim", help="KIND=N: its vector width (repeatable).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Import a released reference model: for `evaluate --checkpoint OUT` and `predict --model OUT`."""
+    cfg = _load(config, set_)
+    from conclugen.training.reference_import import import_reference as run_import
+    from conclugen.training.reference_import import parse_backbone_options
+
+    specs, dims = parse_backbone_options(backbone or [], backbone_dim or [])
+    typer.echo(run_import(ckpt, corpus, out, cfg, backbones=specs, backbone_dims=dims).describe())
 
 
 @app.command()
 @command
 def demo(
     workdir: Annotated[str | None, typer.Option(help="Work directory.")] = None,
-    clips: Annotated[int, typer.Option(help="Synthetic clips.")] = 350,
+    clips: Annotated[int, typer.Option(help="Labelled synthetic clips.")] = 280,
+    unlabeled: Annotated[int, typer.Option(help="Unlabeled pool clips for pretraining.")] = 140,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -257,7 +303,7 @@ def demo(
     from conclugen.demo import DEMO_BASE, run_demo
 
     cfg = _load(config, set_, base=DEMO_BASE, workdir=workdir)
-    run_demo(cfg, clips=clips)
+    run_demo(cfg, clips=clips, unlabeled=unlabeled)
 
 
 @app.command()

@@ -14,7 +14,9 @@ Each clip is a 2–4 s mp4 (H.264 160×160 at 25 fps + AAC mono) of a drawn talk
 
 ``difficulty`` (0…1) sets how often each modality is neutral or misleading (independently per
 modality, :mod:`.plan`) and how weak the expressions are, so that no single modality gives the
-label away. :func:`synthesize` (:mod:`.corpus`) writes the corpus.
+label away. :func:`synthesize` (:mod:`.corpus`) writes the corpus; with ``unlabeled=N`` also an
+unlabeled pretraining pool from the same process and cast, which
+:func:`conclugen.data.synthetic.pool.load_synthetic` reads as split ``unlabeled``.
 
 Output is byte-for-byte deterministic for a seed (given the same espeak-ng, x264 and
 libavformat versions): each clip draws from its own ``SeedSequence([seed, index])``, x264 runs

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from conclugen import storage
 from conclugen.data.corpora.manifest import SYNTH_MARKER
 from conclugen.data.corpora.meld import MELD_COLUMNS
-from conclugen.data.synthetic.plan import EMOTIONS, SPLITS, plan_corpus
+from conclugen.data.synthetic.plan import EMOTIONS, POOL, SPLITS, UNLABELED, plan_corpus
 from conclugen.data.synthetic.render import render_job
 from conclugen.data.synthetic.speech import resolve_voice
 
@@ -36,8 +36,8 @@ class SynthSummary:
     out: str
     seed: int
     difficulty: float
-    clips_per_split: dict[str, int]
-    clips_per_emotion: dict[str, dict[str, int]]  # split → emotion → count
+    clips_per_split: dict[str, int]  # train, dev, test, and "unlabeled" when there is a pool
+    clips_per_emotion: dict[str, dict[str, int]]  # labelled split → emotion → count
     seconds: float
     workers: int
     voice: str  # "espeak-ng <version>" or "numpy fallback (...)"
@@ -62,6 +62,9 @@ class SynthSummary:
             "  split   clips  " + " ".join(f"{e[:8]:>8}" for e in EMOTIONS),
         ]
         for split, n in self.clips_per_split.items():
+            if split == UNLABELED:
+                lines.append(f"  {split:<6} {n:>6}  (pool for pretraining: no labels written, {POOL[0]})")
+                continue
             per = self.clips_per_emotion.get(split, {})
             lines.append(f"  {split:<6} {n:>6}  " + " ".join(f"{per.get(e, 0):>8}" for e in EMOTIONS))
         return "\n".join(lines)
@@ -86,8 +89,9 @@ def meld_time(seconds: float) -> str:
 
 
 def clip_relpath(split: str, dialogue: int, utterance: int) -> str:
-    """A clip's path under the corpus root, as MELD.Raw names it."""
-    return f"{SPLITS[split][1]}/dia{dialogue}_utt{utterance}.mp4"
+    """A clip's path under the corpus root, as MELD.Raw names it (the pool: under POOL's folder)."""
+    folder = POOL[1] if split == UNLABELED else SPLITS[split][1]
+    return f"{folder}/dia{dialogue}_utt{utterance}.mp4"
 
 
 def synthesize(
@@ -99,8 +103,13 @@ def synthesize(
     *,
     workers: int | None = None,
     voice: str = "auto",
+    unlabeled: int = 0,
 ) -> SynthSummary:
     """Write a synthetic corpus of ``clips`` clips in MELD's layout to ``out`` (path or s3://).
+
+    ``unlabeled``: clips of an unlabeled pool from the same generative process, for pretraining
+    (``POOL``: a MELD-style CSV with Emotion and Sentiment empty, and its clip folder; read with
+    :func:`conclugen.data.synthetic.pool.load_synthetic`). The labelled clips do not depend on it.
 
     ``voice``: ``auto`` (espeak-ng when installed, else the numpy synthesiser), ``espeak-ng``
     or ``numpy``. ``workers``: processes (default: the usable CPUs, at most 8; 1 = in this
@@ -108,11 +117,13 @@ def synthesize(
     """
     if clips < 1:
         raise ValueError("clips must be >= 1")
+    if unlabeled < 0:
+        raise ValueError("unlabeled must be >= 0")
     if not 0.0 <= difficulty <= 1.0:
         raise ValueError("difficulty must be within [0, 1]")
     t_start = time.perf_counter()
     engine, voice_desc = resolve_voice(voice)
-    plans = plan_corpus(clips, seed, difficulty)
+    plans = plan_corpus(clips, seed, difficulty, unlabeled)
     n_workers = _worker_count(workers, len(plans))
     to_s3 = storage.is_s3(out)
     tmp = tempfile.TemporaryDirectory(prefix="conclugen-synth-") if to_s3 else None
@@ -130,6 +141,7 @@ def synthesize(
             "clips": clips,
             "difficulty": difficulty,
             "voice": engine,
+            "unlabeled": unlabeled,
         }
         (root / SYNTH_MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n")
         written.files.append(SYNTH_MARKER)
@@ -139,6 +151,8 @@ def synthesize(
         if tmp is not None:
             tmp.cleanup()
     per_split = {split: sum(p["split"] == split for p in plans) for split in SPLITS}
+    if unlabeled:
+        per_split[UNLABELED] = unlabeled
     per_emotion = {
         split: dict(Counter(p["emotion"] for p in plans if p["split"] == split)) for split in SPLITS
     }
@@ -194,7 +208,10 @@ def _write_clips(
 
 
 def _write_csvs(root: Path, plans: list[dict[str, Any]], written: _Written) -> None:
-    for split, (csv_name, _) in SPLITS.items():
+    csvs = {split: csv_name for split, (csv_name, _) in SPLITS.items()}
+    if any(p["split"] == UNLABELED for p in plans):
+        csvs[UNLABELED] = POOL[0]
+    for split, csv_name in csvs.items():
         text = csv_text([p for p in plans if p["split"] == split], written.durations)
         (root / csv_name).write_bytes(text.encode("utf-8"))
         written.files.append(csv_name)
@@ -202,7 +219,8 @@ def _write_csvs(root: Path, plans: list[dict[str, Any]], written: _Written) -> N
 
 
 def csv_text(rows: list[dict[str, Any]], durations: dict[int, float]) -> str:
-    """One split's CSV in MELD's layout; utterances of a dialogue follow each other in time."""
+    """One split's CSV in MELD's layout; utterances of a dialogue follow each other in time.
+    Pool rows (split ``unlabeled``) leave Emotion and Sentiment empty."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(MELD_COLUMNS)
@@ -216,8 +234,8 @@ def csv_text(rows: list[dict[str, Any]], durations: dict[int, float]) -> str:
                 sr_no,
                 p["text"],
                 p["speaker"]["name"],
-                p["emotion"],
-                p["sentiment"],
+                "" if p["split"] == UNLABELED else p["emotion"],
+                "" if p["split"] == UNLABELED else p["sentiment"],
                 p["dialogue"],
                 p["utterance"],
                 p["season"],

@@ -18,6 +18,10 @@ SPLITS: dict[str, tuple[str, str]] = {  # split → (csv name, clip folder), as 
     "test": ("test_sent_emo.csv", "test/output_repeated_splits_test"),
 }
 SPLIT_SHARES = (0.7, 0.1, 0.2)
+# The unlabeled pool (``synthesize(unlabeled=N)``): MELD has no such split, so its CSV and folder
+# follow MELD's naming (ours); its CSV leaves Emotion and Sentiment empty.
+UNLABELED = "unlabeled"
+POOL: tuple[str, str] = ("unlabeled_sent_emo.csv", "unlabeled/unlabeled_splits")
 
 FPS = 25
 SIZE = 160  # frame width and height
@@ -114,32 +118,43 @@ def other_emotion(rng: np.random.Generator, emotion: str) -> str:
     return str(rng.choice([e for e in EMOTIONS if e != emotion]))
 
 
-def plan_corpus(clips: int, seed: int, difficulty: float) -> list[dict[str, Any]]:
-    """One plan dict per clip, in split order (train, dev, test), each split's labels balanced
-    and shuffled, cut into dialogues of 1-6 utterances by a cast of 2-3 speakers."""
+def plan_corpus(clips: int, seed: int, difficulty: float, unlabeled: int = 0) -> list[dict[str, Any]]:
+    """One plan dict per clip, in split order (train, dev, test, then the ``unlabeled`` pool), each
+    split's labels balanced and shuffled, cut into dialogues of 1-6 utterances by a cast of 2-3
+    speakers. The pool comes from the same process and cast; it is drawn after the labelled
+    clips, so adding one leaves the labelled corpus unchanged."""
     rng = np.random.default_rng(seed)
     d = float(np.clip(difficulty, 0.0, 1.0))
     speakers = make_speakers(rng, int(np.clip(clips // 6, 3, 16)))
-    names = [s["name"] for s in speakers]
     plans: list[dict[str, Any]] = []
-    for split, size in split_sizes(clips).items():
-        offset = int(rng.integers(len(EMOTIONS)))
-        labels = [EMOTIONS[(k + offset) % len(EMOTIONS)] for k in range(size)]
-        labels = [labels[i] for i in rng.permutation(size)]
-        dia, k = 0, 0
-        while k < size:
-            n_utt = min(size - k, int(rng.integers(1, 7)))
-            cast = rng.choice(len(speakers), size=min(len(speakers), int(rng.integers(2, 4))), replace=False)
-            season, episode = int(rng.integers(1, 11)), int(rng.integers(1, 25))
-            scene = dict(
-                split=split, dialogue=dia, season=season, episode=episode, t0=float(rng.uniform(10, 1200))
-            )
-            for u in range(n_utt):
-                spk = speakers[int(cast[u % len(cast)])]
-                plans.append(_plan_utterance(rng, d, labels[k], spk, names, len(plans), u, scene))
-                k += 1
-            dia += 1
+    sizes = dict(split_sizes(clips))
+    if unlabeled > 0:
+        sizes[UNLABELED] = int(unlabeled)
+    for split, size in sizes.items():
+        _plan_split(rng, d, split, size, speakers, plans)
     return plans
+
+
+def _plan_split(
+    rng: np.random.Generator, d: float, split: str, size: int, speakers: list[dict[str, Any]],
+    plans: list[dict[str, Any]],
+) -> None:
+    """Append ``size`` plans of ``split`` to ``plans``: balanced shuffled emotions in dialogues."""
+    names = [s["name"] for s in speakers]
+    offset = int(rng.integers(len(EMOTIONS)))
+    labels = [EMOTIONS[(k + offset) % len(EMOTIONS)] for k in range(size)]
+    labels = [labels[i] for i in rng.permutation(size)]
+    dia, k = 0, 0
+    while k < size:
+        n_utt = min(size - k, int(rng.integers(1, 7)))
+        cast = rng.choice(len(speakers), size=min(len(speakers), int(rng.integers(2, 4))), replace=False)
+        season, episode = int(rng.integers(1, 11)), int(rng.integers(1, 25))
+        scene = dict(split=split, dialogue=dia, season=season, episode=episode, t0=float(rng.uniform(10, 1200)))
+        for u in range(n_utt):
+            spk = speakers[int(cast[u % len(cast)])]
+            plans.append(_plan_utterance(rng, d, labels[k], spk, names, len(plans), u, scene))
+            k += 1
+        dia += 1
 
 
 def _pick(rng: np.random.Generator, emotion: str, p_neutral: float, p_other: float) -> str:
