@@ -62,6 +62,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--variants", default="standardize,none", help="model.input_norm values to compare")
     ap.add_argument("--rows", default=",".join(ROWS), help="ablation rows besides all_losses ('' for none)")
+    ap.add_argument("--features", default="", help="an existing feature store of such a corpus + pool to reuse "
+                    "(skips synthesis and extraction; --clips/--unlabeled then only label the report)")
     ap.add_argument("--quick", action="store_true", help="70 + 35 clips, 2 epochs, tiny heads, 2 fractions")
     ap.add_argument("--set", dest="set_", action="append", default=[], help="config overrides (key=value)")
     a = ap.parse_args()
@@ -169,7 +171,7 @@ def main() -> None:
     cfg = make_config(a)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     runtime.ensure_ray(cfg)
-    stored = build_store(a, cfg)
+    stored = a.features or build_store(a, cfg)
     scales = feature_scales(stored)
     results = {}
     for variant in a.variants.split(","):

@@ -101,6 +101,9 @@ def feature_stats(ds: Any, modalities: Sequence[str]) -> dict[str, tuple[np.ndar
             x = np.asarray(np.stack(batch[m]) if batch[m].dtype == object else batch[m], np.float64)
             x = x.reshape(len(x), -1)
             out["n"] = np.array([len(x)], np.int64)
+            bad = ~np.isfinite(x).all(axis=1)
+            out[m + ".bad"] = np.array([int(bad.sum())], np.int64)
+            x = np.where(bad[:, None], 0.0, x)
             out[m + ".sum"], out[m + ".sq"] = x.sum(0)[None], (x * x).sum(0)[None]
         return out
 
@@ -110,6 +113,11 @@ def feature_stats(ds: Any, modalities: Sequence[str]) -> dict[str, tuple[np.ndar
         raise PretrainError("no training rows to compute the input statistics from")
     stats = {}
     for m in mods:
+        bad = sum(int(r[m + ".bad"]) for r in rows)
+        if bad:
+            raise PretrainError(f"{m} features are not finite in {bad} of {n} training rows, so the input "
+                                "statistics (model.input_norm=standardize) cannot be computed: re-extract those "
+                                "clips, or train with model.input_norm=none")
         mean = sum(np.asarray(r[m + ".sum"], np.float64) for r in rows) / n
         var = sum(np.asarray(r[m + ".sq"], np.float64) for r in rows) / n - mean * mean
         std = np.sqrt(np.clip(var, 0.0, None))

@@ -107,14 +107,19 @@ def test_nan_guard_names_epoch_step_and_loss(ray_cluster, tmp_path, monkeypatch)
     for f in storage.list_files(F.features_uri(root)):
         os.unlink(f)
     F.write_table(F.features_uri(root), table, "part-0.parquet")
-    cfg = tiny_cfg(tmp_path, "train.workers=0", "train.epochs=2")
+    # Standardised inputs: the statistics cannot be computed, so it stops before training.
+    std_cfg = tiny_cfg(tmp_path, "train.workers=0", "train.epochs=2")
+    with pytest.raises(PretrainError, match=r"video features are not finite in 64 of 64 training rows"):
+        run_pretrain(root, str(tmp_path / "run-std"), std_cfg)
+    # Raw inputs: the training loop's guard names the step.
+    cfg = tiny_cfg(tmp_path, "train.workers=0", "train.epochs=2", "model.input_norm=none")
     with pytest.raises(NonFiniteLossError, match=r"epoch 0, step 0: .*nan"):
         run_pretrain(root, str(tmp_path / "run"), cfg)
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient(cfg.tracking_uri())
     runs = c.search_runs([c.get_experiment_by_name("conclugen").experiment_id])
-    assert [r.info.status for r in runs] == ["FAILED"]
+    assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
 
 
 @pytest.mark.slow
