@@ -13,7 +13,7 @@ from conclugen.config import Config
 from conclugen.evaluation.encoders import ConcatEncoder, Encoder, encode_versions
 from conclugen.evaluation.probe import ProbeResult, fit_probe
 from conclugen.evaluation.probe_data import ProbeData, ProbeError
-from conclugen.evaluation.report import write_comparison, write_probe_report
+from conclugen.evaluation.report import report_intervals, write_comparison, write_probe_report
 from conclugen.features.store import aug_column
 
 NON_FEATURE_KEYS = frozenset({"clip_id", "split", "labels", "corpus", "intensities", "gaps"})
@@ -77,7 +77,8 @@ def evaluate_representations(
     the per-modality arrays {modality: [n, dim]} → [n, F]. ``arrays`` with ``<modality>_aug``
     views: the probe trains on augmented versions (:func:`encoded_splits`). ``class_weights``
     None: the protocol's weights for ``corpus`` (:mod:`conclugen.evaluation.class_weights`).
-    Writes ``out_dir/<name>/`` (report.md, report.json, predictions.csv, confusion.png,
+    Writes ``out_dir/<name>/`` (report.md and report.json with the test intervals of
+    ``cfg.probe``'s bootstrap settings, also kept in ``ProbeResult.test_intervals``; report.json, predictions.csv, confusion.png,
     map2d.png, probe.npz) and ``out_dir/comparison.{md,csv}``; returns the results by name, in
     the given order.
     """
@@ -92,9 +93,12 @@ def evaluate_representations(
         res.encoder = name
         if has_views and data["train"].versions is None:
             res.notes.append(f"encoder {name!r} has no per-modality parts: trained on plain features only")
+        P = cfg.probe
+        res.test_intervals = report_intervals(res, bootstrap=P.bootstrap, confidence=P.confidence, seed=P.seed)
         enc_dir = out / name
-        write_probe_report(res, enc_dir, X_test=data["test"].X, map_method=map_method, seed=cfg.probe.seed)
+        write_probe_report(res, enc_dir, X_test=data["test"].X, map_method=map_method, seed=P.seed,
+                           intervals=res.test_intervals)
         res.model.save(enc_dir / "probe.npz")
         results[name] = res
-    write_comparison(results, out)
+    write_comparison(results, out, intervals={n: r.test_intervals for n, r in results.items()})
     return results

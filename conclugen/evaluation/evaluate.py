@@ -54,7 +54,6 @@ from conclugen.evaluation.label_efficiency import (
 from conclugen.evaluation.metrics import HEADLINE
 from conclugen.evaluation.probe import ProbeResult
 from conclugen.evaluation.probe_tracking import log_probe_results
-from conclugen.evaluation.report import report_intervals, write_comparison, write_report_text
 from conclugen.features.store import FeatureMeta, check_meta, load_arrays, read_meta
 from conclugen.training.run_folder import load_checkpoint, resolve_checkpoint
 
@@ -234,6 +233,24 @@ def _mlflow_params(features_uri: str, ckpt: _Checkpoint, cfg: Config) -> dict[st
             **{f"model.{k}": v for k, v in ckpt.model_cfg.model_dump().items()}}
 
 
+def _log_evaluation(
+    results: Mapping[str, ProbeResult], intervals: Mapping[str, Any], le: Any, local: Path, features_uri: str,
+    ckpt: _Checkpoint, cfg: Config, *, run_name: str, tags: Mapping[str, str] | None,
+) -> tuple[str, str, str | None]:
+    """The evaluate run: probe results, intervals and the label-efficiency study (whose files came
+    with the out folder); (tracking uri, run id, parent run id)."""
+    uri, run_id, parent = _log_mlflow(
+        results, local, cfg, ckpt.pretrain_run_id, run_name=run_name,
+        params=_mlflow_params(features_uri, ckpt, cfg),
+        tags={"conclugen.command": "evaluate", "conclugen.checkpoint": ckpt.uri,
+              "conclugen.features_uri": str(features_uri), **dict(tags or {})},
+    )
+    tracking.log_metrics(uri, run_id, _interval_metrics(intervals), step=0)
+    if le is not None:
+        log_label_efficiency(uri, run_id, le, artifacts=False)
+    return uri, run_id, parent
+
+
 def run_evaluate(
     features_uri: str,
     checkpoint_uri: str,
@@ -278,12 +295,7 @@ def run_evaluate(
             encs, arrays, label_space=list(meta.label_space), multilabel=bool(meta.multilabel),
             corpus=meta.corpus, cfg=cfg, out_dir=local, map_method=map_method,
         )
-        intervals = {n: report_intervals(r, bootstrap=cfg.probe.bootstrap, confidence=cfg.probe.confidence,
-                                         seed=cfg.probe.seed) for n, r in results.items()}
-        # This config's interval settings in every report (whatever settings the reports were written with).
-        for n, r in results.items():
-            write_report_text(r, local / n, intervals[n])
-        write_comparison(results, local, intervals=intervals)
+        intervals = {n: r.test_intervals for n, r in results.items()}  # cfg.probe's bootstrap
         table = (local / "comparison.md").read_text()
         le = None
         if label_fractions:
@@ -298,15 +310,8 @@ def run_evaluate(
 
         uri = run_id = parent = None
         if log_mlflow:
-            uri, run_id, parent = _log_mlflow(
-                results, local, cfg, ckpt.pretrain_run_id, run_name=run_name,
-                params=_mlflow_params(features_uri, ckpt, cfg),
-                tags={"conclugen.command": "evaluate", "conclugen.checkpoint": ckpt.uri,
-                      "conclugen.features_uri": str(features_uri), **dict(tags or {})},
-            )
-            tracking.log_metrics(uri, run_id, _interval_metrics(intervals), step=0)
-            if le is not None:
-                log_label_efficiency(uri, run_id, le, artifacts=False)  # its files came with the out folder
+            uri, run_id, parent = _log_evaluation(results, intervals, le, local, features_uri, ckpt, cfg,
+                                                  run_name=run_name, tags=tags)
             summary |= {"mlflow_run_id": run_id, "tracking_uri": uri}
             (local / "evaluate.json").write_text(json.dumps(summary, indent=2))
         if remote:

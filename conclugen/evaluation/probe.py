@@ -91,6 +91,9 @@ class ProbeResult:
     test_proba: np.ndarray | None = None  # [N_test, C]
     encoder: str = ""
     notes: list[str] = field(default_factory=list)
+    # metric → Interval of the test figures, set by compare.evaluate_representations (the one
+    # bootstrap per encoder that the reports, the comparison and evaluate.json all show)
+    test_intervals: dict[str, Any] = field(default_factory=dict)
     protocol: str = "reference"
     augmentations: int = 0  # augmented versions training drew from (0: plain features only)
     val_class_weights: list[float] | None = None  # the validation loss's, when not class_weights

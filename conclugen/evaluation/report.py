@@ -122,9 +122,11 @@ def write_probe_report(
     seed: int = 0,
     bootstrap: int = _DEFAULT.bootstrap,
     confidence: float = _DEFAULT.confidence,
+    intervals: Intervals | None = None,
 ) -> dict[str, Path]:
     """report.md, report.json (with ``test_intervals``), predictions.csv, confusion.png and
-    (given X_test) map2d.png. ``seed`` seeds the map and the bootstrap."""
+    (given X_test) map2d.png. ``seed`` seeds the map and the bootstrap; ``intervals``: ones
+    already computed (else bootstrapped here with these settings)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -145,7 +147,9 @@ def write_probe_report(
             seed=seed,
             title=f"{res.encoder}: test representations".strip(": "),
         )
-    write_report_text(res, out, report_intervals(res, bootstrap=bootstrap, confidence=confidence, seed=seed))
+    if intervals is None:
+        intervals = report_intervals(res, bootstrap=bootstrap, confidence=confidence, seed=seed)
+    write_report_text(res, out, intervals)
     return paths
 
 

@@ -14,7 +14,7 @@ REST server's JSON, as MLflow encodes binary columns), and optionally ``transcri
 sidecar ``<stem>.txt`` beside a path, else ASR / a text gap, as ``conclugen predict`` does).
 
 Output: a DataFrame with one row per input row, in order — the columns of ``predictions.csv``
-(:meth:`conclugen.serving.predict.PredictResult.records`): ``clip_id``, ``video_uri``, ``status``
+(:meth:`conclugen.serving.results.PredictResult.records`): ``clip_id``, ``video_uri``, ``status``
 (ok | error), ``predicted`` (the decided labels, ``;``-joined), one ``p_<label>`` probability per
 class (null for a failed clip), ``gaps`` and ``error``. A clip that cannot be read or decoded is
 an error row naming its path (``video_uri``) and the reason, never a failed request — as
@@ -93,7 +93,8 @@ def predict_frame(predictor: Any, frame: Any) -> pd.DataFrame:
     """``frame`` (columns ``video`` | ``video_bytes``, optional ``transcript``) → the output
     DataFrame, one row per input row. Bytes go through temporary files, so they take the same
     read + decode path as a file on disk."""
-    from conclugen.serving.predict import PredictResult, normalise_uri, video_row
+    from conclugen.serving.predict import normalise_uri, video_row
+    from conclugen.serving.results import PredictResult
 
     if not isinstance(frame, pd.DataFrame):
         frame = pd.DataFrame(frame)
