@@ -100,6 +100,13 @@ class ExtractConfig(Section):
     # Augmented versions stored per clip besides the plain one (reference: 10; 0 = none). See
     # docs/method.md, Backbones and features, and conclugen/features/versions.py.
     augmentations: int = Field(0, ge=0, le=64)
+    # Feature/error shards are cut at about this many MB of vectors (small corpora: one or a few
+    # files; `conclugen compact` merges the small shards of many runs). See docs/architecture.md.
+    shard_mb: float = Field(128.0, gt=0)
+    # Manifest rows per Ray Data read task (decoupled from decode_batch_size, the clips decoded
+    # per batch inside a task); 0 = automatic (enough tasks to keep every CPU busy, at most 256
+    # clips each).
+    task_clips: int = Field(0, ge=0)
 
 
 class ModelConfig(Section):
@@ -136,7 +143,10 @@ class LossesConfig(Section):
     queue_batches: int = Field(20, ge=0, description="past batches kept for k-means (reset each epoch)")
     # "every_step": refit from scratch each step (reference); "warm": refit every N steps from the
     # previous centroids, assignment only in between (ours).
-    kmeans_schedule: Literal["every_step", "warm"] = "every_step"
+    # "memory_bank" (ours, DeepCluster-v2 style): a bank of every training clip's fused
+    # cluster-head output, clustered once at each epoch start; the epoch trains against those
+    # pseudo-labels (docs/method.md, Losses).
+    kmeans_schedule: Literal["every_step", "warm", "memory_bank"] = "every_step"
     kmeans_refit_every: int = Field(10, ge=1)
     # Video-only SimCLR baseline (NT-Xent between two augmented versions of a clip's video
     # features); needs "video" in model.modalities and a store extracted with

@@ -208,11 +208,12 @@ def _extract_into(out_uri: str, manifest: Any, meta: FeatureMeta, cfg: Config, s
 
     t_run = time.perf_counter()
     first: tuple[float, int] | None = None
+    completions: list[tuple[float, int]] = []
     if rows:
         require_ray("extract")
         dims = {k: meta.backbones[k].dim for k in ("image", "video3d", "audio", "text")}
         first = _stream(build_dataset(rows, cfg, resolved_storage(scfg)), writer, tally, dims, shard_rows,
-                        cfg.extract.backbone_batch_size, n_aug)
+                        cfg.extract.backbone_batch_size, n_aug, completions)
     seconds = time.perf_counter() - t_run if rows else 0.0
 
     all_f, all_e = written_ids(out_uri, scfg)
@@ -223,7 +224,7 @@ def _extract_into(out_uri: str, manifest: Any, meta: FeatureMeta, cfg: Config, s
         processed=len(rows), features=tally.features, errors=tally.errors, errors_by_reason=dict(tally.reasons),
         seconds=seconds, total_features=len(all_f & manifest_ids), total_errors=len(all_e & manifest_ids),
         accounted=not missing and not both, unaccounted=missing + both, gaps=dict(tally.gaps),
-        augmentations=n_aug,
+        augmentations=n_aug, completions=completions,
     )
     if first is not None:
         summary.first_output_s, summary.first_output_rows = first
@@ -252,13 +253,15 @@ def _todo(manifest: Any, done: set[str]) -> tuple[list[dict[str, Any]], list[dic
 
 
 def _stream(ds: Any, writer: ShardWriter, tally: _Tally, dims: dict[str, int], shard_rows: int,
-            batch_size: int, augmentations: int = 0) -> tuple[float, int] | None:
+            batch_size: int, augmentations: int = 0,
+            completions: list[tuple[float, int]] | None = None) -> tuple[float, int] | None:
     """Pull rows as the backbone stage emits them (small batches: the driver holds at most one
     shard of vectors) and write a shard every ``shard_rows`` rows. Returns (seconds, rows) to the
     first output batch, None when there was none."""
     t_run = time.perf_counter()
     first: tuple[float, int] | None = None
     pending: dict[str, list[dict]] = {FEATURES_DIR: [], ERRORS_DIR: []}
+    before = tally.features + tally.errors  # the manifest's problems, written before the pipeline
 
     def flush(kind: str, size: int) -> None:
         while pending[kind] and len(pending[kind]) >= size:
@@ -272,6 +275,8 @@ def _stream(ds: Any, writer: ShardWriter, tally: _Tally, dims: dict[str, int], s
         pending[FEATURES_DIR] += feats
         pending[ERRORS_DIR] += errs
         tally.add(feats, errs)
+        if completions is not None:
+            completions.append((time.perf_counter() - t_run, tally.features + tally.errors - before))
         flush(FEATURES_DIR, shard_rows)
         flush(ERRORS_DIR, shard_rows)
     flush(FEATURES_DIR, 1)

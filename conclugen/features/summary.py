@@ -24,6 +24,9 @@ class ExtractSummary:
     first_output_s: float = 0.0  # from pipeline start to the first rows out (worker/actor start-up)
     first_output_rows: int = 0
     augmentations: int = 0  # augmented versions per clip written besides the plain one
+    # (seconds since the pipeline started, clips finished so far) after each finished batch: the
+    # benchmark's steady-state rate; the progress line's clips/s and ETA
+    completions: list[tuple[float, int]] = field(default_factory=list)
 
     @property
     def clips_per_s(self) -> float:
