@@ -53,3 +53,13 @@ def select_versions(plain: np.ndarray, views: np.ndarray, index: np.ndarray) -> 
         rows = np.nonzero(aug)[0]
         out[rows] = views[rows, index[rows] - 1]
     return out
+
+
+def clip_keys(clip_ids: Sequence[str]) -> np.ndarray:
+    """A stable int64 key per clip_id (blake2b, 63 bits so it stays non-negative): how tensors
+    name a clip (e.g. the memory bank's pseudo-labels), the same on every rank and every run."""
+    out = np.empty(len(clip_ids), dtype=np.int64)
+    for i, cid in enumerate(clip_ids):
+        h = hashlib.blake2b(f"clip:{cid}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(h, "little") & 0x7FFF_FFFF_FFFF_FFFF
+    return out

@@ -44,3 +44,16 @@ def test_views_reshape_and_selection() -> None:
         augmented_views(flat, n=3, dim=2)
     with pytest.raises(ValueError, match="no versions"):
         version_index(["a"], "video", 0, 0, choices=[])
+
+
+def test_clip_keys_are_stable_distinct_and_nonnegative() -> None:
+    import hashlib
+
+    from conclugen.features.versions import clip_keys
+
+    ids = [f"c{i}" for i in range(500)]
+    keys = clip_keys(ids)
+    assert keys.dtype == np.int64 and (keys >= 0).all() and len(set(keys.tolist())) == len(ids)
+    want = int.from_bytes(hashlib.blake2b(b"clip:c7", digest_size=8).digest(), "little") & (2**63 - 1)
+    assert keys[7] == want
+    assert (clip_keys(list(reversed(ids)))[::-1] == keys).all()
