@@ -190,9 +190,14 @@ class _Backend:
     def release(self, me: LockHolder) -> None:
         try:
             found = self.read()
+            if found is not None and found[0].token == me.token and self.delete(found[1]):
+                return
         except OutputLockedError:  # unreadable now: not ours to remove
-            found = None
-        if found is not None and found[0].token == me.token and self.delete(found[1]):
+            pass
+        except storage.StorageError as e:
+            # storage down at exit (often the very error that ended the run): never hide that error;
+            # the next run takes the lock over, as this process is gone by then
+            log.warning("%s: could not release the lock (%s); the next run takes it over", self.uri, e)
             return
         log.warning("%s: the lock was no longer this run's at release; left as it is", self.uri)
 

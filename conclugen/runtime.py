@@ -38,6 +38,9 @@ def start_local_ray(num_cpus: int | None = None, object_store_bytes: int = DEFAU
     It declares more logical CPUs than cores (at least 8): Ray Data inside Ray Train otherwise
     waits forever for a CPU slot on a 2-core machine. The object store is capped (2 GB by default)
     so a laptop keeps its memory. ``init_kwargs`` go to ``ray.init`` (the test fixture's logging).
+    It always starts a new cluster (``address="local"``): without it ``ray.init`` joins whatever
+    Ray already runs on the machine (another user's session, a test run) and then fails on
+    ``num_cpus``.
     """
     import ray
 
@@ -51,7 +54,7 @@ def start_local_ray(num_cpus: int | None = None, object_store_bytes: int = DEFAU
         os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback_if)
     with _single_node_mode():
         ray.init(num_cpus=num_cpus or max(8, os.cpu_count() or 1), object_store_memory=object_store_bytes,
-                 **{"include_dashboard": False, **init_kwargs})
+                 **{"address": "local", "include_dashboard": False, **init_kwargs})
 
 
 @contextmanager
@@ -87,7 +90,7 @@ def ensure_ray(cfg: Config, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address and address != "local":  # "local": Ray's own word for "start a new one here"
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         if _is_loopback(address):  # a cluster on this machine, started loopback-only (see above)
             with _single_node_mode():

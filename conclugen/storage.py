@@ -2,6 +2,11 @@
 
 The S3 endpoint and credentials come from the config's storage section or the standard AWS
 environment variables. Credentials are handed to pyarrow only; they never enter a message.
+Every call is retried through :func:`with_retries`: transient errors with capped exponential
+backoff within the storage section's ``retries`` / ``retry_seconds`` (an S3 outage of ~20 s is
+waited out), permanent ones (credentials, permissions, no such bucket) at once; the final
+:class:`StorageUnavailableError` names the URI. S3 requests time out (connect / stall), so a dead
+endpoint fails a try instead of hanging it.
 """
 
 from __future__ import annotations
@@ -95,9 +100,19 @@ def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
         return fs
 
 
+# A dead or stalled endpoint must fail a call, not hang it (with_retries then decides): seconds to
+# connect, seconds without a byte before a request is abandoned (the AWS SDK's low-speed limit,
+# also on Linux), and the SDK's own quick tries per call under our backoff.
+S3_CONNECT_TIMEOUT = 5.0
+S3_REQUEST_TIMEOUT = 30.0
+S3_SDK_ATTEMPTS = 3
+
+
 def _new_s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
     # Bucket creation must be allowed explicitly in pyarrow; ensure_bucket relies on it.
-    kwargs: dict = {"region": settings.region, "allow_bucket_creation": True}
+    kwargs: dict = {"region": settings.region, "allow_bucket_creation": True,
+                    "connect_timeout": S3_CONNECT_TIMEOUT, "request_timeout": S3_REQUEST_TIMEOUT,
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_SDK_ATTEMPTS)}
     if settings.endpoint:
         parsed = urlparse(settings.endpoint)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
@@ -134,21 +149,65 @@ def join(uri: str, *parts: str) -> str:
     return str(Path(uri, *parts))
 
 
-def with_retries(fn: Callable[[], T], what: str, retries: int = 3, delay: float = 0.2) -> T:
-    """Run an I/O call, retrying transient errors; the final error names ``what``."""
-    for attempt in range(retries + 1):
+# Retry policy defaults (the storage section's `retries` / `retry_seconds` override them): long
+# enough to wait out an object store that restarts (~20 s down), short enough that a dead one
+# is reported within about a minute.
+RETRY_SECONDS = 60.0
+RETRY_MAX = 30
+FIRST_DELAY = 0.2
+MAX_DELAY = 5.0
+
+
+class StorageUnavailableError(StorageError):
+    """Transient errors (connection refused / reset, timeouts, 5xx) went on past the retry budget:
+    the storage was unreachable; running the command again once it is back resumes."""
+
+
+def retry_policy(uri: str, cfg: StorageConfig | None, retries: int | None = None) -> dict[str, float]:
+    """``with_retries`` keyword arguments for ``uri`` from the storage section; ``retries`` caps
+    one call's retries (e.g. ``extract.s3_read_retries``). A local path gets at most 2 quick
+    retries: a local disk error is not an outage to wait out."""
+    seconds = cfg.retry_seconds if cfg is not None else RETRY_SECONDS
+    cap = retries if retries is not None else (cfg.retries if cfg is not None else RETRY_MAX)
+    if not is_s3(uri):
+        cap, seconds = min(cap, 2), min(seconds, 1.0)
+    return {"retries": cap, "seconds": seconds}
+
+
+def _retried(fn: Callable[[], T], what: str, uri: str, cfg: StorageConfig | None, retries: int | None = None) -> T:
+    return with_retries(fn, what, **retry_policy(uri, cfg, retries))
+
+
+def with_retries(fn: Callable[[], T], what: str, retries: int | None = RETRY_MAX, delay: float = FIRST_DELAY, *,
+                 seconds: float = RETRY_SECONDS, max_delay: float = MAX_DELAY,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run an I/O call, retrying transient errors with exponential backoff (``delay`` doubling, at
+    most ``max_delay`` apart) while both budgets last: at most ``retries`` retries (None: no cap)
+    and no retry that would start more than ``seconds`` after the first try. Permanent errors
+    (credentials, permissions, no such bucket) fail at once; a missing object is re-raised as it
+    is. The final error names ``what`` (which holds the URI)."""
+    start = clock()
+    attempt = 0
+    while True:
         try:
             return fn()
         except FileNotFoundError:
             raise
         except OSError as e:
-            if attempt == retries or _permanent(e):
-                raise StorageError(f"{what}: {scrub_secrets(str(e))} (after {attempt + 1} tries)") from None
-            time.sleep(delay * (2**attempt))
-    raise AssertionError("unreachable")
+            message = scrub_secrets(str(e))
+            if _permanent(e):
+                raise StorageError(f"{what}: {message} (a permanent error: not retried)") from None
+            wait = min(max_delay, delay * 2**attempt)
+            elapsed = clock() - start
+            if (retries is not None and attempt >= retries) or elapsed + wait > seconds:
+                raise StorageUnavailableError(
+                    f"{what}: storage unreachable or failing after {attempt + 1} tries over {elapsed:.1f} s "
+                    f"(storage.retries={retries}, storage.retry_seconds={seconds:g}): {message}") from None
+            sleep(wait)
+            attempt += 1
 
 
-# Errors that a retry cannot fix (bad credentials, no permission): fail at once.
+# Errors that a retry cannot fix (bad credentials, no permission, no such bucket): fail at once.
 _PERMANENT_MARKERS = (
     "ACCESS_DENIED",
     "AccessDenied",
@@ -156,6 +215,8 @@ _PERMANENT_MARKERS = (
     "SignatureDoesNotMatch",
     "INVALID_ACCESS_KEY_ID",
     "InvalidAccessKeyId",
+    "NO_SUCH_BUCKET",
+    "NoSuchBucket",
 )
 
 
@@ -175,16 +236,17 @@ def scrub_secrets(message: str, secrets: Iterable[str | None] = ()) -> str:
 
 def exists(uri: str, cfg: StorageConfig | None = None) -> bool:
     fs, path = resolve(uri, cfg)
-    info = with_retries(lambda: fs.get_file_info(path), f"stat {uri}")
+    info = _retried(lambda: fs.get_file_info(path), f"stat {uri}", uri, cfg)
     return info.type != pafs.FileType.NotFound
 
 
 def is_file(uri: str, cfg: StorageConfig | None = None) -> bool:
     fs, path = resolve(uri, cfg)
-    return with_retries(lambda: fs.get_file_info(path), f"stat {uri}").type == pafs.FileType.File
+    return _retried(lambda: fs.get_file_info(path), f"stat {uri}", uri, cfg).type == pafs.FileType.File
 
 
-def read_bytes(uri: str, cfg: StorageConfig | None = None, retries: int = 3) -> bytes:
+def read_bytes(uri: str, cfg: StorageConfig | None = None, retries: int | None = None) -> bytes:
+    """The object's bytes; ``retries`` caps this read's retries (None: the storage section's)."""
     fs, path = resolve(uri, cfg)
 
     def _read() -> bytes:
@@ -192,7 +254,7 @@ def read_bytes(uri: str, cfg: StorageConfig | None = None, retries: int = 3) -> 
             return f.read()
 
     try:
-        return with_retries(_read, f"read {uri}", retries)
+        return _retried(_read, f"read {uri}", uri, cfg, retries)
     except FileNotFoundError:
         raise StorageNotFoundError(f"not found: {uri}") from None
 
@@ -211,7 +273,7 @@ def write_bytes(uri: str, data: bytes, cfg: StorageConfig | None = None) -> None
         with fs.open_output_stream(path) as f:
             f.write(data)
 
-    with_retries(_write, f"write {uri}")
+    _retried(_write, f"write {uri}", uri, cfg)
 
 
 def write_text(uri: str, text: str, cfg: StorageConfig | None = None) -> None:
@@ -232,20 +294,20 @@ def ensure_bucket(uri: str, cfg: StorageConfig | None = None) -> None:
         return
     fs, path = resolve(uri, cfg)
     bucket = path.split("/", 1)[0]
-    if with_retries(lambda: fs.get_file_info(bucket), f"stat s3://{bucket}").type == pafs.FileType.NotFound:
-        with_retries(lambda: fs.create_dir(bucket), f"create bucket s3://{bucket}")
+    if _retried(lambda: fs.get_file_info(bucket), f"stat s3://{bucket}", uri, cfg).type == pafs.FileType.NotFound:
+        _retried(lambda: fs.create_dir(bucket), f"create bucket s3://{bucket}", uri, cfg)
 
 
 def list_files(uri: str, cfg: StorageConfig | None = None, suffixes: tuple[str, ...] = ()) -> list[str]:
     """All files under a URI (recursively), as URIs of the same kind, sorted."""
     fs, path = resolve(uri, cfg)
-    info = with_retries(lambda: fs.get_file_info(path), f"list {uri}")
+    info = _retried(lambda: fs.get_file_info(path), f"list {uri}", uri, cfg)
     if info.type == pafs.FileType.NotFound:
         return []
     if info.type == pafs.FileType.File:
         infos = [info]
     else:
-        infos = with_retries(lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True)), f"list {uri}")
+        infos = _retried(lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True)), f"list {uri}", uri, cfg)
     out = []
     for i in infos:
         if i.type != pafs.FileType.File:
@@ -258,11 +320,11 @@ def list_files(uri: str, cfg: StorageConfig | None = None, suffixes: tuple[str, 
 
 def delete(uri: str, cfg: StorageConfig | None = None) -> None:
     fs, path = resolve(uri, cfg)
-    info = with_retries(lambda: fs.get_file_info(path), f"stat {uri}")
+    info = _retried(lambda: fs.get_file_info(path), f"stat {uri}", uri, cfg)
     if info.type == pafs.FileType.Directory:
-        with_retries(lambda: fs.delete_dir(path), f"delete {uri}")
+        _retried(lambda: fs.delete_dir(path), f"delete {uri}", uri, cfg)
     elif info.type == pafs.FileType.File:
-        with_retries(lambda: fs.delete_file(path), f"delete {uri}")
+        _retried(lambda: fs.delete_file(path), f"delete {uri}", uri, cfg)
 
 
 def upload_dir(local_dir: str | Path, uri: str, cfg: StorageConfig | None = None) -> int:

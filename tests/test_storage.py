@@ -322,22 +322,105 @@ def test_env_scrubbed_from_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         raise OSError(f"server said: bad signature for {secret}")
 
     with pytest.raises(storage.StorageError) as err:
-        storage.with_retries(fail, "read s3://b/k", retries=1, delay=0)
+        storage.with_retries(fail, "read s3://b/k", retries=1, delay=0)  # 'bad signature' is transient
     assert secret not in str(err.value) and "<hidden>" in str(err.value)
     assert "read s3://b/k" in str(err.value)
 
 
-def test_permanent_errors_are_not_retried() -> None:
+class FakeClock:
+    """A clock that only moves when the code under test sleeps (or a call takes time)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_transient_errors_back_off_exponentially_up_to_the_time_budget() -> None:
+    clock = FakeClock()
+    calls = []
+
+    def refused() -> None:
+        calls.append(clock.now)
+        raise OSError("AWS Error NETWORK_CONNECTION: curlCode: 7, Could not connect to server")
+
+    with pytest.raises(storage.StorageUnavailableError) as err:
+        storage.with_retries(refused, "read s3://b/k", retries=None, seconds=60, clock=clock, sleep=clock.sleep)
+    # 0.2 s doubling, at most 5 s apart; the next 5 s wait would end past 60 s (56.2 + 5)
+    assert clock.sleeps == pytest.approx([0.2, 0.4, 0.8, 1.6, 3.2] + [5.0] * 10)
+    assert len(calls) == 16 and clock.now == pytest.approx(56.2)
+    msg = str(err.value)
+    assert "read s3://b/k" in msg and "unreachable" in msg and "after 16 tries" in msg
+    assert "curlCode: 7" in msg  # the cause is kept
+    assert isinstance(err.value, storage.StorageError)
+
+
+def test_an_outage_shorter_than_the_budget_is_waited_out() -> None:
+    clock = FakeClock()
+
+    def down_for_20_s() -> str:
+        if clock.now < 20:
+            raise OSError("connection reset by peer")
+        return "data"
+
+    assert storage.with_retries(down_for_20_s, "read x", retries=None, clock=clock, sleep=clock.sleep) == "data"
+    # the first try at or after 20 s: 6.2 s of doubling, then 5 s steps → 21.2 s
+    assert clock.now == pytest.approx(21.2) and len(clock.sleeps) == 8
+
+
+def test_the_retry_cap_and_slow_calls_both_end_retrying() -> None:
+    clock = FakeClock()
+    calls = []
+
+    def fail() -> None:
+        calls.append(1)
+        raise OSError("503 Slow Down")
+
+    with pytest.raises(storage.StorageUnavailableError, match="after 3 tries"):
+        storage.with_retries(fail, "write x", retries=2, clock=clock, sleep=clock.sleep)
+    assert len(calls) == 3
+
+    clock = FakeClock()
+
+    def times_out() -> None:  # each try spends 25 s before its timeout fires
+        clock.now += 25
+        raise OSError("curlCode: 28, Timeout was reached")
+
+    with pytest.raises(storage.StorageUnavailableError, match="after 3 tries"):
+        storage.with_retries(times_out, "stat x", retries=None, seconds=60, clock=clock, sleep=clock.sleep)
+    # tries end at 25, 50.2, 75.6: the third ends past the budget, no fourth
+    assert clock.now == pytest.approx(75.6)
+
+
+@pytest.mark.parametrize("error", [
+    OSError("AWS Error ACCESS_DENIED during HeadObject operation"),
+    OSError("AWS Error NO_SUCH_BUCKET during PutObject operation: The specified bucket does not exist"),
+    OSError("AWS Error INVALID_ACCESS_KEY_ID during GetObject operation"),
+    PermissionError("permission denied"),
+])
+def test_permanent_errors_are_not_retried(error: OSError) -> None:
+    clock = FakeClock()
     calls = []
 
     def denied() -> None:
         calls.append(1)
-        raise OSError("AWS Error ACCESS_DENIED during HeadObject operation")
+        raise error
 
-    with pytest.raises(storage.StorageError):
-        storage.with_retries(denied, "stat s3://b/k", retries=3, delay=0)
-    assert len(calls) == 1
+    with pytest.raises(storage.StorageError) as err:
+        storage.with_retries(denied, "stat s3://b/k", retries=None, clock=clock, sleep=clock.sleep)
+    assert len(calls) == 1 and clock.sleeps == []
+    assert not isinstance(err.value, storage.StorageUnavailableError)
+    assert "stat s3://b/k" in str(err.value)
 
+
+def test_flaky_call_succeeds_and_missing_objects_are_not_retried() -> None:
+    clock = FakeClock()
     flaky_calls = []
 
     def flaky() -> str:
@@ -346,8 +429,61 @@ def test_permanent_errors_are_not_retried() -> None:
             raise OSError("connection reset")
         return "ok"
 
-    assert storage.with_retries(flaky, "read x", retries=3, delay=0) == "ok"
-    assert len(flaky_calls) == 3
+    assert storage.with_retries(flaky, "read x", clock=clock, sleep=clock.sleep) == "ok"
+    assert len(flaky_calls) == 3 and clock.sleeps == pytest.approx([0.2, 0.4])
+
+    def missing() -> None:
+        raise FileNotFoundError("no such key")
+
+    with pytest.raises(FileNotFoundError):
+        storage.with_retries(missing, "read x", clock=clock, sleep=clock.sleep)
+    assert len(clock.sleeps) == 2
+
+
+def test_retry_policy_from_the_storage_section() -> None:
+    default = Config().storage
+    assert storage.retry_policy("s3://b/k", default) == {"retries": 30, "seconds": 60.0}
+    assert storage.retry_policy("s3://b/k", None) == {"retries": 30, "seconds": 60.0}
+    cfg = load_config(overrides=["storage.retries=4", "storage.retry_seconds=7.5"]).storage
+    assert storage.retry_policy("s3://b/k", cfg) == {"retries": 4, "seconds": 7.5}
+    assert storage.retry_policy("s3://b/k", cfg, retries=1) == {"retries": 1, "seconds": 7.5}  # a call's cap
+    # a local disk error is not an outage: a couple of quick retries only
+    assert storage.retry_policy("/tmp/x", default) == {"retries": 2, "seconds": 1.0}
+    with pytest.raises(ConfigError, match="storage.retry_seconds"):
+        load_config(overrides=["storage.retry_seconds=-1"])
+
+
+def test_a_stalled_s3_endpoint_fails_the_call_instead_of_hanging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that accepts connections and never answers: the request timeout ends each try and
+    the retry budget ends the call, with an error naming the URI."""
+    import socket
+    import threading
+
+    monkeypatch.setattr(storage, "S3_REQUEST_TIMEOUT", 1.0)
+    monkeypatch.setattr(storage, "S3_SDK_ATTEMPTS", 1)
+    held: list[socket.socket] = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+
+        def accept() -> None:
+            try:
+                while True:
+                    held.append(server.accept()[0])  # keep it open, say nothing
+            except OSError:
+                return
+
+        threading.Thread(target=accept, daemon=True).start()
+        cfg = StorageConfig(s3_endpoint=f"http://127.0.0.1:{port}", access_key_id="stall-key",
+                            secret_access_key="stall-secret", retry_seconds=1.5)
+        with pytest.raises(storage.StorageUnavailableError) as err:
+            storage.read_bytes("s3://stalled/clip.mp4", cfg)
+    for c in held:
+        c.close()
+    assert held, "the client never connected"
+    msg = str(err.value)
+    assert "s3://stalled/clip.mp4" in msg and "unreachable" in msg and "Timeout" in msg
 
 
 def test_local_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

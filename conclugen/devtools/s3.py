@@ -54,6 +54,7 @@ class S3Server:
     log_path: Path | None = field(default=None, repr=False)
     sockets: tuple[Path, ...] = field(default=(), repr=False)
     ports: dict[str, int] = field(default_factory=dict, repr=False)
+    detached: bool = field(default=False, repr=False)  # not stopped at interpreter exit
 
     def client(self) -> Any:
         return boto_client(self.endpoint, self.access_key, self.secret_key, connect_timeout=2,
@@ -79,9 +80,21 @@ class S3Server:
         return f"s3://{name}"
 
     def stop(self) -> None:
+        """Stop the server (its data dir stays; :meth:`restart` brings it back)."""
         processes.kill_group(self.process, self.pid)
         remove_sockets(self.sockets, self.ports.values())
         processes.unregister(self)
+
+    def restart(self, timeout: float = 60) -> None:
+        """Stop (when running) and start again on the same ports, data dir and credentials, so
+        clients configured for this server carry on (an outage, not a new server); returns once
+        S3 accepts the credentials again."""
+        self.stop()
+        fresh = _launch(self.data_dir, dict(self.ports), self.access_key, self.secret_key, timeout=timeout,
+                        tries=1, detach=True)
+        self.process, self.pid = fresh.process, fresh.pid
+        if not self.detached:
+            processes.register(self)
 
 
 def _socket_path(data_dir: Path, name: str, port: int) -> Path:
@@ -121,34 +134,40 @@ def _weed_command(weed: str, data_dir: Path, ports: dict[str, int], sockets: tup
 
 def start_s3(data_dir: str | Path, *, port: int | None = None, timeout: float = 30,
              detach: bool = False) -> S3Server:
-    """Start ``weed mini`` with data in ``data_dir``; returns once S3 accepts the credentials."""
+    """Start ``weed mini`` with data in ``data_dir``; returns once S3 accepts the credentials
+    (generated anew for each start)."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    if port is not None and not processes.port_free(port):
+        raise ServiceError(f"S3 port {port} on {HOST} is in use")
+    return _launch(data_dir, None if port is None else {"s3.port": port}, "ck" + secrets.token_hex(8),
+                   secrets.token_urlsafe(30), timeout=timeout, tries=1 if port is not None else 3, detach=detach)
+
+
+def _launch(data_dir: Path, ports: dict[str, int] | None, access_key: str, secret_key: str, *, timeout: float,
+            tries: int, detach: bool) -> S3Server:
+    """Spawn ``weed mini`` until ready (see :func:`processes.launch`): every port in ``ports`` as
+    given (:data:`WEED_PORTS` all given: a restart), the rest chosen free on each try."""
     weed = weed_binary()
-    access_key = "ck" + secrets.token_hex(8)
-    secret_key = secrets.token_urlsafe(30)
 
     def attempt() -> tuple[S3Server, Callable[[], bool]]:
-        ports = dict(zip(WEED_PORTS, processes.free_ports(len(WEED_PORTS)), strict=True))
-        if port is not None:
-            if not processes.port_free(port):
-                raise ServiceError(f"S3 port {port} on {HOST} is in use")
-            ports["s3.port"] = port
-        sockets = (_socket_path(data_dir, "s3", ports["s3.port"]),
-                   _socket_path(data_dir, "filer", ports["filer.port"]))
+        chosen = dict(zip(WEED_PORTS, processes.free_ports(len(WEED_PORTS)), strict=True)) | (ports or {})
+        sockets = (_socket_path(data_dir, "s3", chosen["s3.port"]),
+                   _socket_path(data_dir, "filer", chosen["filer.port"]))
         # weed mini reloads its saved options on start; stale ports from an earlier run must not win.
         (data_dir / "mini.options").unlink(missing_ok=True)
         env = dict(os.environ, AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
         log_path = data_dir / "weed.log"
-        proc = processes.spawn(_weed_command(weed, data_dir, ports, sockets), env, log_path, data_dir)
-        endpoint = f"http://{HOST}:{ports['s3.port']}"
+        proc = processes.spawn(_weed_command(weed, data_dir, chosen, sockets), env, log_path, data_dir)
+        endpoint = f"http://{HOST}:{chosen['s3.port']}"
         server = S3Server(
             endpoint=endpoint, access_key=access_key, secret_key=secret_key,
             env={"AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint,
                  "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key, "AWS_REGION": REGION},
-            data_dir=data_dir, pid=proc.pid, process=proc, log_path=log_path, sockets=sockets, ports=ports,
+            data_dir=data_dir, pid=proc.pid, process=proc, log_path=log_path, sockets=sockets, ports=chosen,
+            detached=detach,
         )
         return server, lambda: _s3_ready(endpoint, access_key, secret_key)
 
-    return processes.launch("weed mini", attempt, tries=1 if port is not None else 3, timeout=timeout,
-                            poll=0.2, detach=detach, secrets=(secret_key, access_key))
+    return processes.launch("weed mini", attempt, tries=tries, timeout=timeout, poll=0.2, detach=detach,
+                            secrets=(secret_key, access_key))

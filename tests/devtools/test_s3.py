@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -94,3 +95,53 @@ def test_s3_restart_keeps_data_and_rotates_credentials(tmp_path: Path) -> None:
     finally:
         second.stop()
     assert not list(Path("/tmp").glob(f"seaweedfs-*-{port}.sock"))  # sockets cleaned up
+
+
+@pytest.mark.s3
+def test_s3_restart_is_an_outage_clients_wait_out(tmp_path: Path) -> None:
+    """restart(): same endpoint, credentials and data, so a client mid-call carries on: a write
+    and a read started while the server is down succeed once it is back (storage's retries)."""
+    import threading
+
+    from conclugen import storage
+    from conclugen.config import StorageConfig
+
+    server = start_s3(tmp_path / "s3", timeout=120)
+    try:
+        cfg = StorageConfig(s3_endpoint=server.endpoint, access_key_id=server.access_key,
+                            secret_access_key=server.secret_key)
+        bucket = server.bucket_uri("outage")
+        storage.write_bytes(f"{bucket}/before.bin", b"kept", cfg)
+        endpoint, keys = server.endpoint, (server.access_key, server.secret_key)
+        server.stop()
+        failed_once = threading.Event()
+        results: dict[str, object] = {}
+
+        def sleep(seconds: float) -> None:  # the retry loop's sleep: a try has failed
+            failed_once.set()
+            time.sleep(seconds)
+
+        def during_outage() -> None:
+            fs, path = storage.resolve(f"{bucket}/during.bin", cfg)
+
+            def write() -> None:
+                with fs.open_output_stream(path) as f:
+                    f.write(b"written while down")
+
+            try:
+                storage.with_retries(write, f"write {bucket}/during.bin", retries=None, sleep=sleep)
+                results["read"] = storage.read_bytes(f"{bucket}/before.bin", cfg)
+            except Exception as e:  # noqa: BLE001 - reported by the assertion below
+                results["error"] = e
+
+        worker = threading.Thread(target=during_outage)
+        worker.start()
+        assert failed_once.wait(60), "the write never failed, so the server was not down"
+        server.restart(timeout=120)
+        worker.join(120)
+        assert not worker.is_alive() and "error" not in results, results
+        assert (server.endpoint, server.access_key, server.secret_key) == (endpoint, *keys)
+        assert results["read"] == b"kept"
+        assert storage.read_bytes(f"{bucket}/during.bin", cfg) == b"written while down"
+    finally:
+        server.stop()

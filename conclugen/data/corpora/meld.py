@@ -137,7 +137,7 @@ def load_meld(root: str, cfg: Config) -> Manifest:
         raise CorpusLayoutError(f"{root}: no MELD CSV ({', '.join(v[0] for v in MELD_SPLITS.values())})")
     corpus = "meld"
     # A corpus written by `conclugen synth` has MELD's layout but not MELD's label balance.
-    if storage.exists(storage.join(root, SYNTH_MARKER)):
+    if storage.exists(storage.join(root, SYNTH_MARKER), scfg):
         corpus = "synthetic"
         for r in rows:
             r["corpus"] = corpus
