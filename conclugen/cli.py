@@ -133,6 +133,20 @@ def extract(
 
 @app.command()
 @command
+def compact(
+    features: Annotated[str, typer.Argument(help="Features URI (an `extract --out`).")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Merge a feature store's small shards into files of ~extract.shard_mb MB (safe to interrupt)."""
+    cfg = _load(config, set_)
+    from conclugen.features.compact import run_compact
+
+    typer.echo(run_compact(features, cfg).describe())
+
+
+@app.command()
+@command
 def pretrain(
     features: Annotated[str, typer.Argument(help="Features URI.")],
     out: Annotated[str, typer.Option("--out", help="Run URI (checkpoints).")],
@@ -190,7 +204,7 @@ def ablate(
     features: Annotated[str, typer.Argument(help="Features URI.")],
     out: Annotated[str, typer.Option("--out", help="Output directory.")],
     rows: Annotated[
-        list[str] | None, typer.Option("--row", help="Run only this row (repeatable; default: all eight).")
+        list[str] | None, typer.Option("--row", help="Run only this row (repeatable; default: all of them).")
     ] = None,
     parallel: Annotated[int, typer.Option(help="Rows at once (0 = as many as the cluster fits).")] = 0,
     config: ConfigOpt = None,

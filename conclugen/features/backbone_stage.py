@@ -26,10 +26,14 @@ class BackboneStage:
     once, then embeds batches. Rows that already failed pass through; a batch whose forward fails
     is retried clip by clip, so only the bad clip becomes an errors row (stage = backbone kind).
     With ``augmentations`` = N > 0 each embedding backbone also fills ``<column>_aug`` with the N
-    augmented versions (:mod:`conclugen.features.augment_stage`)."""
+    augmented versions (:mod:`conclugen.features.augment_stage`).
+
+    ``progress``: the pipeline's last stage gets the progress handle
+    (:func:`conclugen.features.progress.start_progress`) and reports each finished batch's rows to
+    its counter actor (failed rows too: they are finished)."""
 
     def __init__(self, kinds: list[str], specs: dict[str, str], extract_json: str, storage_cfg: StorageConfig,
-                 device: str = "cpu", threads: int = 0) -> None:
+                 device: str = "cpu", threads: int = 0, progress: Any = None) -> None:
         import torch
 
         from conclugen.features.backbones import load_backbone
@@ -41,6 +45,7 @@ class BackboneStage:
         dev = torch_device(device)
         self.models = [(k, load_backbone(k, specs[k], dev, cfg, storage_cfg)) for k in kinds]
         self.augmentations = int(cfg.augmentations)
+        self.counter = getattr(progress, "counter", None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {k: v for k, v in batch.items()}
@@ -48,6 +53,8 @@ class BackboneStage:
         out["err"] = np.asarray([str(s) for s in batch["err"]], dtype=object)
         for kind, model in self.models:
             apply_backbone(kind, model, out, self.augmentations)
+        if self.counter is not None:  # fire and forget: progress never slows the pipeline down
+            self.counter.add.remote(len(out["clip_id"]))
         return out
 
 

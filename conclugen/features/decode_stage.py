@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
 
 from conclugen import storage
 from conclugen.config import Config, StorageConfig
@@ -30,7 +30,9 @@ def read_and_decode(row: dict[str, Any], cfg: Config, storage_cfg: StorageConfig
                            "text_src": "manifest" if row.get("transcript") is not None else "none"}
     try:
         data = storage.read_bytes(row["video_uri"], storage_cfg, retries=cfg.extract.s3_read_retries)
-    except Exception as e:  # missing file, S3 failure after retries, permissions, ...
+    except storage.StorageUnavailableError:
+        raise  # an outage, not a bad clip: the run stops (a rerun resumes) rather than mark the clip failed
+    except Exception as e:  # missing file, permissions, a permanent storage error, ...
         out.update(err_stage="read", err=error_text(e))
         return out
     try:
@@ -51,12 +53,14 @@ def read_and_decode(row: dict[str, Any], cfg: Config, storage_cfg: StorageConfig
     return out
 
 
-def decode_batch(batch: dict[str, np.ndarray], cfg_json: str, storage_cfg: StorageConfig) -> dict[str, list[Any]]:
-    """``map_batches`` function of the decode tasks: a batch of ``{"row": <manifest row JSON>}``."""
+def decode_batch(batch: pa.Table, cfg_json: str, storage_cfg: StorageConfig) -> dict[str, list[Any]]:
+    """``map_batches`` function of the decode tasks (``batch_format="pyarrow"``): a batch of
+    manifest rows (:data:`~conclugen.data.corpora.manifest.MANIFEST_SCHEMA` columns; Arrow keeps
+    null start/end/transcript as None, where numpy would turn them into NaN)."""
     cfg = Config.model_validate_json(cfg_json)
     out: dict[str, list[Any]] = {k: [] for k in DECODED_COLUMNS}
-    for raw in batch["row"]:
-        r = read_and_decode(json.loads(raw), cfg, storage_cfg)
+    for row in batch.to_pylist():
+        r = read_and_decode(row, cfg, storage_cfg)
         for k in out:
             out[k].append(r[k])
     return out

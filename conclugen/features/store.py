@@ -8,22 +8,29 @@ Layout under a FEATURES_URI (local path or s3://):
                          ``gaps`` (modalities whose input was missing and whose vector is zeros)
     errors/*.parquet     one row per clip that failed (:data:`ERROR_SCHEMA`): clip_id, video_uri,
                          stage, error (``"<Type>: message"``, see :func:`error_text`)
+    manifest/            the clips an extraction run is processing (its own layout:
+                         :mod:`conclugen.features.manifest_store`); never read as features
+    compact.json         only while ``conclugen compact`` runs (:mod:`conclugen.features.compact`)
     <modality>_aug       (only when extracted with ``extract.augmentations`` = N > 0) the N augmented
                          versions of that modality's vector, flattened row-major [N, dim]; see
                          :mod:`conclugen.features.versions` for reading and choosing versions
     meta.json            backbones (name, source, dim, trained), dims per modality, label space,
                          multilabel flag, corpus — what training checks before any work starts
 
-Shards are written by :class:`ShardWriter` (atomically on local disks); :func:`written_ids` is
-the resume scan: the clips already in features/ or errors/. This module is the only writer and
-reader of that layout.
+Shards are written by :class:`ShardWriter` (``part-<run tag>-<seq>``) or, from the extraction's
+write tasks, under :func:`shard_name` (a hash of the shard's clip_ids: a retried task overwrites
+its own file). Files are written atomically on local disks. :func:`written_ids` is the resume
+scan: the clips already in features/ or errors/. This module is the only writer and reader of
+that layout.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -167,17 +174,40 @@ def check_meta(meta: FeatureMeta, modalities: Sequence[str], expected_dims: dict
 # ------------------------------------------------------------------------------------ shards
 
 
-def write_parquet(uri: str, table: pa.Table, cfg: StorageConfig | None = None) -> None:
+TMP_SUFFIX = ".tmp"
+
+
+ROW_GROUP_BYTES = 4 * 1024**2
+
+
+def write_parquet(uri: str, table: pa.Table, cfg: StorageConfig | None = None,
+                  row_group_size: int | None = None) -> None:
     """Write one Parquet file; on local disks via a temp name + rename, so a crash never leaves
-    half a Parquet file that a resume would trip over (S3 PUTs are atomic already)."""
+    half a Parquet file that a resume would trip over (S3 PUTs are atomic already). The temp name
+    is unique per call: two attempts at one shard (a retried task whose first attempt still runs)
+    never write into each other's temp file; the last rename wins with equal content.
+
+    Row groups default to about :data:`ROW_GROUP_BYTES` each: training's global shuffle
+    (:mod:`conclugen.training.shuffle`) permutes row groups, so a 128 MB shard written as one group
+    would mix only a few groups per batch."""
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    if row_group_size is None and table.num_rows:
+        row_group_size = max(1, int(ROW_GROUP_BYTES * table.num_rows // max(1, table.nbytes)))
+    pq.write_table(table, buf, row_group_size=row_group_size)
     if storage.is_s3(uri):
         storage.write_bytes(uri, buf.getvalue(), cfg)
         return
     fs, path = storage.resolve(uri, cfg)
-    storage.write_bytes(uri + ".tmp", buf.getvalue(), cfg)
-    fs.move(path + ".tmp", path)
+    tmp = f".{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
+    storage.write_bytes(uri + tmp, buf.getvalue(), cfg)
+    fs.move(path + tmp, path)
+
+
+def shard_name(clip_ids: Iterable[str]) -> str:
+    """``part-<hash of the sorted clip_ids>.parquet``: the same rows always get the same name, so a
+    retried write task (or a re-run that regroups nothing) overwrites instead of duplicating."""
+    h = hashlib.sha256("\n".join(sorted(clip_ids)).encode()).hexdigest()[:24]
+    return f"part-{h}.parquet"
 
 
 def write_table(uri: str, table: pa.Table, name: str, cfg: StorageConfig | None = None) -> None:
@@ -205,27 +235,40 @@ class ShardWriter:
         self.seq += 1
 
 
+def shard_ids(root: str, sub: str, cfg: StorageConfig | None = None) -> dict[str, pa.Array]:
+    """shard URI → its clip_ids (Arrow) for every shard of ``root``/``sub`` (FEATURES_DIR or
+    ERRORS_DIR). Leftover temp files and unreadable shards (a crash while writing to an object
+    store that is not atomic) are deleted so their clips are redone."""
+    out: dict[str, pa.Array] = {}
+    for f in storage.list_files(storage.join(root, sub), cfg):
+        if f.endswith(TMP_SUFFIX):
+            storage.delete(f, cfg)
+            continue
+        if not f.endswith(".parquet"):
+            continue
+        try:
+            fs, path = storage.resolve(f, cfg)
+            with fs.open_input_file(path) as fh:
+                out[f] = pq.read_table(fh, columns=["clip_id"]).column("clip_id").combine_chunks()
+        except Exception as e:  # a broken shard: redo its clips
+            log.warning("unreadable shard %s (%s): deleting it, its clips are redone", f, error_text(e))
+            storage.delete(f, cfg)
+    return out
+
+
+def written_id_arrays(root: str, cfg: StorageConfig | None = None) -> tuple[pa.Array, pa.Array]:
+    """:func:`written_ids` as Arrow string arrays (features, errors), for filters at 1M clips."""
+    def ids(sub: str) -> pa.Array:
+        arrays = list(shard_ids(root, sub, cfg).values())
+        return pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
+
+    return ids(FEATURES_DIR), ids(ERRORS_DIR)
+
+
 def written_ids(root: str, cfg: StorageConfig | None = None) -> tuple[set[str], set[str]]:
-    """clip_ids already under ``root``'s features/ and errors/. Unreadable shards (a crash while
-    writing to an object store that is not atomic) are deleted so their clips are redone."""
-    out: list[set[str]] = []
-    for sub in (FEATURES_DIR, ERRORS_DIR):
-        ids: set[str] = set()
-        for f in storage.list_files(storage.join(root, sub), cfg):
-            if f.endswith(".tmp"):
-                storage.delete(f, cfg)
-                continue
-            if not f.endswith(".parquet"):
-                continue
-            try:
-                fs, path = storage.resolve(f, cfg)
-                with fs.open_input_file(path) as fh:
-                    ids.update(pq.read_table(fh, columns=["clip_id"]).column("clip_id").to_pylist())
-            except Exception as e:  # a broken shard: redo its clips
-                log.warning("unreadable shard %s (%s): deleting it, its clips are redone", f, error_text(e))
-                storage.delete(f, cfg)
-        out.append(ids)
-    return out[0], out[1]
+    """clip_ids already under ``root``'s features/ and errors/ (see :func:`shard_ids`)."""
+    f, e = written_id_arrays(root, cfg)
+    return set(f.to_pylist()), set(e.to_pylist())
 
 
 # ----------------------------------------------------------------------------------- reading
