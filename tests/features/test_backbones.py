@@ -79,11 +79,18 @@ def test_offline_image_means_over_frames() -> None:
 
 def test_seeded_video3d_is_deterministic_and_untrained() -> None:
     w = np.random.default_rng(2).integers(0, 255, (2, 16, 48, 48, 3), dtype=np.uint8)
-    b1, b2 = load_backbone("video3d", "offline:video3d"), load_backbone("video3d", "offline:seeded-c3d")
+    b1, b2 = load_backbone("video3d", "offline:seeded-c3d"), load_backbone("video3d", "offline:seeded-c3d")
     assert (b1.dim, b1.trained) == (128, False)
     v1, v2 = b1.embed([w]), b2.embed([w])
     np.testing.assert_array_equal(v1, v2)
     np.testing.assert_allclose(v1[0], b1.item_vectors(w).mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_offline_video3d_is_the_inflated_mini_xception() -> None:
+    w = np.random.default_rng(3).integers(0, 255, (2, 16, 48, 48, 3), dtype=np.uint8)
+    default, inflated = load_backbone("video3d", "offline:video3d"), load_backbone("video3d", "offline:inflated-mini-xception")
+    assert (default.dim, default.trained, type(default).__name__) == (128, True, "InflatedMiniXception")
+    np.testing.assert_array_equal(default.embed([w]), inflated.embed([w]))
 
 
 def test_seeded_audio_weights_do_not_depend_on_the_global_rng() -> None:

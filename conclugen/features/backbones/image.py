@@ -38,7 +38,8 @@ class _FrameBackbone(StackBackbone):
 
 
 def _same_maxpool(x: torch.Tensor) -> torch.Tensor:
-    """Keras MaxPooling2D(3, strides=2, padding='same'): TF pads the extra pixel bottom/right."""
+    """Keras MaxPooling2D(3, strides=2, padding='same'): TF pads the extra pixel bottom/right.
+    A ``[N, C, T, H, W]`` input (the inflated 3D model, backbones/video.py) is pooled per frame."""
     h, w = x.shape[-2:]
 
     def pads(n: int) -> tuple[int, int]:
@@ -48,7 +49,7 @@ def _same_maxpool(x: torch.Tensor) -> torch.Tensor:
 
     (top, bottom), (left, right) = pads(h), pads(w)
     x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
-    return F.max_pool2d(x, 3, 2)
+    return F.max_pool2d(x, 3, 2) if x.dim() == 4 else F.max_pool3d(x, (1, 3, 3), (1, 2, 2))
 
 
 class _SepConv(nn.Module):
