@@ -3,9 +3,15 @@
 The driver builds the ``train`` (splits train + unlabeled) and ``val`` (split val) datasets once
 (:func:`build_datasets`); Ray Train gives every worker an equal shard of each. A worker takes
 exactly ``steps`` equal local batches per epoch on every rank (gloo needs equal sizes: the last
-partial global batch is dropped), streamed from its shard each epoch (:func:`iter_fixed`) or, for
-materialised datasets, read once into memory and batched like a plain PyTorch loop
-(:class:`ShardCache`).
+partial global batch is dropped). Materialised (small) datasets are read once into memory and
+batched like a plain PyTorch loop (:class:`ShardCache`). Streamed (large) ones are, with
+``train.shuffle=global``, read by every rank straight from the Parquet files in a per-epoch global
+shuffle (:mod:`conclugen.training.shuffle`; the train dataset carries the file list in its
+DataContext, :data:`TRAIN_FILES_KEY`), or, with ``local``, streamed from the rank's Ray Data shard
+with a small local shuffle buffer (:func:`iter_fixed`).
+
+Training rows always carry ``clip_id``; with ``keys`` a batch also has ``clip_key`` (int64 [n],
+:func:`conclugen.features.versions.clip_keys`), e.g. for the memory bank.
 
 A store extracted with ``extract.augmentations`` = N > 0 also carries the ``<modality>_aug``
 columns and ``clip_id`` into the training dataset; each training row then gets one augmented
@@ -25,8 +31,9 @@ import torch
 
 from conclugen import storage
 from conclugen.features.store import aug_column, features_uri, read_meta
-from conclugen.features.versions import version_index
+from conclugen.features.versions import clip_keys, version_index
 from conclugen.training.errors import PretrainError
+from conclugen.training.shuffle import RankReader, TrainFiles
 
 if TYPE_CHECKING:
     from conclugen.config import Config
@@ -34,6 +41,8 @@ if TYPE_CHECKING:
 TRAIN_SPLITS = ("train", "unlabeled")
 VAL_SPLITS = ("val",)
 CLIP_ID = "clip_id"
+CLIP_KEY = "clip_key"  # batch key of the rows' clip keys (WorkerBatches keys=True)
+TRAIN_FILES_KEY = "conclugen.train_files"  # DataContext config of a streamed train dataset: TrainFiles
 
 Batch = dict[str, torch.Tensor]  # modality (or second_view_key(modality)) → float32 [local batch, dim]
 
@@ -52,14 +61,17 @@ def stack_vectors(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def build_datasets(features_root: str, cfg: Config, has_val: bool, stream: bool | None = None) -> dict[str, Any]:
-    """Ray Data datasets ``train`` (and ``val``) with the modality columns only; ``train`` also has
-    ``clip_id`` and the ``<modality>_aug`` columns when the store holds augmented versions
-    (meta.json ``augmentations`` > 0).
+    """Ray Data datasets ``train`` (``clip_id`` and the modality columns, plus the
+    ``<modality>_aug`` columns when the store holds augmented versions, meta.json
+    ``augmentations`` > 0) and ``val`` (the modality columns).
 
     When the feature files take under a quarter of the object store they are materialised once
     here, so epochs stream from the object store instead of re-reading Parquet each epoch
     (re-reads cost seconds of task start-up per epoch on a small machine); larger stores stream.
-    ``stream`` forces the choice (True: stream, False: materialise).
+    ``stream`` forces the choice (True: stream, False: materialise). A streamed ``train`` with
+    ``train.shuffle=global`` carries :class:`~conclugen.training.shuffle.TrainFiles` under
+    :data:`TRAIN_FILES_KEY` in its DataContext: the workers then read the files themselves
+    (the Ray Data plan still serves ``feature_stats``).
     """
     import pyarrow.fs as pafs
     import ray
@@ -67,11 +79,12 @@ def build_datasets(features_root: str, cfg: Config, has_val: bool, stream: bool 
     from ray.data.expressions import col
 
     mods = list(cfg.model.modalities)
-    augmented = read_meta(features_root, cfg.storage).augmentations > 0
-    train_cols = [CLIP_ID, *mods, *(aug_column(m) for m in mods)] if augmented else mods
+    meta = read_meta(features_root, cfg.storage)
+    augmented = meta.augmentations > 0
+    train_cols = [CLIP_ID, *mods, *((aug_column(m) for m in mods) if augmented else ())]
     fs, path = storage.resolve(features_uri(features_root), cfg.storage)
-    files = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    size = sum(f.size or 0 for f in files if f.path.endswith(".parquet"))
+    files = [f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True)) if f.path.endswith(".parquet")]
+    size = sum(f.size or 0 for f in files)
     ds = ray.data.read_parquet(path, filesystem=fs).select_columns(list(dict.fromkeys(["split", *train_cols])))
     ds.context.enable_progress_bars = False  # the per-epoch line is the progress report
     store = ray.available_resources().get("object_store_memory", 0)
@@ -85,6 +98,12 @@ def build_datasets(features_root: str, cfg: Config, has_val: bool, stream: bool 
             stack_vectors, batch_format="numpy", zero_copy_batch=False
         )
         out[key] = part.materialize() if small else part
+    if not small and cfg.train.shuffle == "global":
+        # Shared with val's context (one parent plan); only WorkerBatches' train side reads it.
+        row_bytes = 4 * sum(meta.dims[m] * (1 + meta.augmentations if augmented else 1) for m in mods)
+        window = max(1, int(cfg.train.shuffle_window_mb * 2**20 // max(row_bytes, 1)))
+        out["train"].context.set_config(TRAIN_FILES_KEY, TrainFiles(
+            fs, tuple(sorted(f.path for f in files)), tuple(train_cols), TRAIN_SPLITS, window))
     return out
 
 
@@ -212,18 +231,26 @@ def _clip_ids(batch: Mapping[str, Any]) -> list[str]:
     return [str(c) for c in batch[CLIP_ID]]
 
 
+def _with_keys(out: Batch, clip_ids: Sequence[str], device: torch.device) -> Batch:
+    out[CLIP_KEY] = torch.from_numpy(clip_keys(clip_ids)).to(device)
+    return out
+
+
 def _train_batch(batch: Mapping[str, Any], modalities: list[str], device: torch.device,
-                 versions: Versions | None, epoch: int) -> Batch:
-    """A Ray Data batch → the step's tensors: plain vectors, or each row's drawn versions."""
+                 versions: Versions | None, epoch: int, keys: bool = False) -> Batch:
+    """A numpy batch → the step's tensors: plain vectors, or each row's drawn versions (and,
+    with ``keys``, the rows' ``clip_key``)."""
     if versions is None or not versions.active:
-        return feats_from_batch(batch, modalities, device)
-    tensors = {c: _tensor(batch[c], device) for m in modalities for c in (m, aug_column(m))}
-    return versions.select(tensors, _clip_ids(batch), modalities, epoch)
+        out = feats_from_batch(batch, modalities, device)
+    else:
+        tensors = {c: _tensor(batch[c], device) for m in modalities for c in (m, aug_column(m))}
+        out = versions.select(tensors, _clip_ids(batch), modalities, epoch)
+    return _with_keys(out, _clip_ids(batch), device) if keys else out
 
 
 def iter_fixed(
     shard: Any, local_batch: int, steps: int, seed: int | None, modalities: list[str], device: torch.device,
-    versions: Versions | None = None, epoch: int = 0,
+    versions: Versions | None = None, epoch: int = 0, keys: bool = False,
 ) -> Iterator[Batch]:
     """Exactly ``steps`` full local batches (with ``versions``: each row's version for ``epoch``).
     The shard is consumed to its end (breaking out of a streaming split early would stall the
@@ -239,7 +266,7 @@ def iter_fixed(
     n = 0
     for batch in it:
         if n < steps:
-            yield _train_batch(batch, modalities, device, versions, epoch)
+            yield _train_batch(batch, modalities, device, versions, epoch, keys)
         n += 1
     if n < steps:
         raise PretrainError(f"this worker's data shard gave {n} full batches, expected {steps}")
@@ -251,21 +278,23 @@ class ShardCache:
     slices. Used when the datasets were small enough to materialise; each rank keeps its own rows
     (Ray Data's equal split), so the per-step cost is that of an in-process loop. With
     ``versions`` it also keeps the augmented columns and the clip ids, and each batch gets the
-    rows' versions for the epoch."""
+    rows' versions for the epoch; with ``keys`` each batch also has the rows' ``clip_key``."""
 
     def __init__(self, shard: Any, modalities: list[str], device: torch.device,
-                 versions: Versions | None = None) -> None:
+                 versions: Versions | None = None, keys: bool = False) -> None:
         self.modalities, self.versions = modalities, versions if versions is not None and versions.active else None
+        self.keys = keys
         cols = [c for m in modalities for c in ((m, aug_column(m)) if self.versions else (m,))]
         parts: dict[str, list[torch.Tensor]] = {c: [] for c in cols}
         ids: list[str] = []
         for batch in shard.iter_batches(batch_size=4096, batch_format="numpy", prefetch_batches=1):
             for c in cols:
                 parts[c].append(_tensor(batch[c], torch.device("cpu")))
-            if self.versions:
+            if self.versions or keys:
                 ids += _clip_ids(batch)
         self.tensors = {c: torch.cat(v).to(device) for c, v in parts.items()}
         self.clip_ids = np.asarray(ids, dtype=object)
+        self.clip_keys = torch.from_numpy(clip_keys(ids)).to(device) if keys else None
         self.n = next(iter(self.tensors.values())).shape[0]
 
     def batches(self, local_batch: int, steps: int, seed: int | None, epoch: int = 0) -> Iterator[Batch]:
@@ -280,10 +309,13 @@ class ShardCache:
             rows = order[s * local_batch : (s + 1) * local_batch]
             idx = rows.to(device)
             if self.versions is None:
-                yield {m: self.tensors[m][idx] for m in self.modalities}
+                out = {m: self.tensors[m][idx] for m in self.modalities}
             else:
                 sub = {c: t[idx] for c, t in self.tensors.items()}
-                yield self.versions.select(sub, list(self.clip_ids[rows.numpy()]), self.modalities, epoch)
+                out = self.versions.select(sub, list(self.clip_ids[rows.numpy()]), self.modalities, epoch)
+            if self.clip_keys is not None:
+                out[CLIP_KEY] = self.clip_keys[idx]
+            yield out
 
 
 def val_batch_size(n_val: int, global_batch: int, workers: int) -> int:
@@ -299,24 +331,39 @@ class BatchPlan:
     steps: int
     val_local: int = 0
     val_steps: int = 0
+    world_size: int = 1
 
     @classmethod
     def for_world(cls, n_train: int, n_val: int, global_batch: int, val_batch: int, world_size: int) -> BatchPlan:
         local = global_batch // world_size
+        steps = n_train // (local * world_size)
         if n_val <= 0:
-            return cls(local, n_train // (local * world_size))
-        return cls(local, n_train // (local * world_size), val_batch // world_size, n_val // val_batch)
+            return cls(local, steps, world_size=world_size)
+        return cls(local, steps, val_batch // world_size, n_val // val_batch, world_size)
 
     @property
     def has_val(self) -> bool:
         return self.val_steps > 0
 
 
+def train_files_of(shard: Any) -> TrainFiles | None:
+    """The :class:`TrainFiles` a streamed train dataset built by :func:`build_datasets` carries
+    (None for other datasets and for fake shards)."""
+    get_context = getattr(shard, "get_context", None)
+    if get_context is None:
+        return None
+    files = get_context().get_config(TRAIN_FILES_KEY)
+    return files if isinstance(files, TrainFiles) else None
+
+
 class WorkerBatches:
-    """A worker's batches for each epoch: its shards streamed through Ray Data every epoch, or
-    (``cache``) read into memory once (:class:`ShardCache`) and permuted per epoch. Training rows
-    get their versions for the epoch from ``versions`` (when the store has augmented versions);
-    validation reads the plain vectors."""
+    """A worker's batches for each epoch: read into memory once (``cache``, :class:`ShardCache`)
+    and permuted per epoch; or, streamed, read from the training files in the per-epoch global
+    shuffle (``files``, by default those the train shard carries, :func:`train_files_of`;
+    :mod:`conclugen.training.shuffle`), else from the Ray Data shard with a local shuffle buffer
+    (:func:`iter_fixed`). Training rows get their versions for the epoch from ``versions`` (when
+    the store has augmented versions) and, with ``keys``, their ``clip_key``; validation reads
+    the plain vectors."""
 
     def __init__(
         self,
@@ -330,20 +377,27 @@ class WorkerBatches:
         rank: int,
         cache: bool,
         versions: Versions | None = None,
+        keys: bool = False,
+        files: TrainFiles | None = None,
     ) -> None:
         self.plan, self.modalities, self.device = plan, modalities, device
-        self.seed, self.rank = seed, rank
+        self.seed, self.rank, self.keys = seed, rank, keys
         self.versions = versions if versions is not None and versions.active else None
         self.train_shard, self.val_shard = train_shard, val_shard if plan.has_val else None
-        self.train_cache = ShardCache(train_shard, modalities, device, self.versions) if cache else None
+        self.train_cache = ShardCache(train_shard, modalities, device, self.versions, keys) if cache else None
         self.val_cache = ShardCache(val_shard, modalities, device) if cache and self.val_shard is not None else None
+        files = files if files is not None or cache else train_files_of(train_shard)
+        self.reader = RankReader(files) if files is not None and not cache else None
 
     def train(self, epoch: int) -> Iterator[Batch]:
         p = self.plan
         if self.train_cache is not None:
             return self.train_cache.batches(p.local_batch, p.steps, self.seed + 1000 * epoch + self.rank, epoch)
+        if self.reader is not None:
+            rows = self.reader.batches(epoch, self.seed, self.rank, p.world_size, p.local_batch, p.steps)
+            return (_train_batch(b, self.modalities, self.device, self.versions, epoch, self.keys) for b in rows)
         return iter_fixed(self.train_shard, p.local_batch, p.steps, self.seed + epoch, self.modalities, self.device,
-                          self.versions, epoch)
+                          self.versions, epoch, self.keys)
 
     def val(self) -> Iterator[Batch]:
         p = self.plan

@@ -22,6 +22,7 @@ from conclugen.training.data import (
     iter_fixed,
     second_view_key,
     stack_vectors,
+    train_files_of,
     val_batch_size,
 )
 from conclugen.training.errors import PretrainError
@@ -81,7 +82,7 @@ def test_shard_cache_permutes_per_seed():
 def test_batch_plan_and_worker_batches():
     assert val_batch_size(10, 32, 4) == 8 and val_batch_size(100, 32, 4) == 32
     plan = BatchPlan.for_world(n_train=70, n_val=10, global_batch=16, val_batch=8, world_size=2)
-    assert plan == BatchPlan(local_batch=8, steps=4, val_local=4, val_steps=1) and plan.has_val
+    assert plan == BatchPlan(local_batch=8, steps=4, val_local=4, val_steps=1, world_size=2) and plan.has_val
     assert not BatchPlan.for_world(70, 0, 16, 0, 2).has_val
     for cache in (False, True):
         wb = WorkerBatches(FakeShard(35), FakeShard(5), plan, MODS, CPU, seed=0, rank=1, cache=cache)
@@ -202,9 +203,18 @@ def test_datasets_carry_clip_ids_and_versions_for_training_only(ray_cluster, tmp
     assert all(b["video"].shape == (8, 6) and b["audio"].shape == (8, 3) for b in train)
     assert all(not torch.equal(b["video"], b[second_view_key("video")]) for b in train)
     assert [sorted(b) for b in wb.val()] == [["audio", "video"]]
-    # A store without versions: the training dataset has the modality columns only, as before.
+    # A store without versions: the training dataset has the clip ids and the modality columns.
     write_feature_store(str(tmp_path / "plain"), splits={"train": 24}, dims={"video": 6, "audio": 3})
-    assert build_datasets(str(tmp_path / "plain"), cfg, has_val=False, stream=stream)["train"].columns() == MODS
+    plain = build_datasets(str(tmp_path / "plain"), cfg, has_val=False, stream=stream)["train"]
+    assert plain.columns() == [CLIP_ID, *MODS]
+    # Streamed, the train dataset carries the training files for the global shuffle.
+    files = train_files_of(plain.streaming_split(1)[0]) if stream else None
+    assert (files is not None) == stream
+    if stream:
+        assert files.columns == (CLIP_ID, *MODS) and len(files.paths) == 2 and files.splits == ("train", "unlabeled")
+        local = load_config(None, [f"workdir={tmp_path}", "model.modalities=[video, audio]", "train.shuffle=local"])
+        local_ds = build_datasets(str(tmp_path / "plain"), local, has_val=False, stream=True)["train"]
+        assert train_files_of(local_ds.streaming_split(1)[0]) is None
 
 
 @pytest.mark.ray
