@@ -14,7 +14,13 @@ contrastive_video_audio        contrastive                          video + audi
 contrastive_video_text         contrastive                          video + text
 reconstruction                 reconstruction                       all
 simclr_video                   simclr (NT-Xent, augmented versions) video
+memory_bank                    as all_losses, k-means on the bank   all (config's)
 =============================  ===================================  =====================
+
+``memory_bank`` *(ours)* is ``all_losses`` with ``losses.kmeans_schedule=memory_bank`` (one
+k-means over every clip's fused cluster-head output per epoch instead of one per step; see
+docs/method.md, Losses); the other rows keep the config's schedule (default ``every_step``), so
+with the defaults the two rows differ only in the clustering schedule.
 
 ``simclr_video`` needs augmented versions in the feature store (``extract.augmentations`` > 0);
 on a store without them the row is reported as ``skipped`` with that reason and the others run.
@@ -69,6 +75,8 @@ class AblationRow:
     name: str  # folder- and MLflow-safe
     losses: tuple[str, ...]
     modalities: tuple[str, ...] | None = None  # None: the config's modalities
+    # other settings of the row: (section, field, value), e.g. ("losses", "kmeans_schedule", "memory_bank")
+    settings: tuple[tuple[str, str, Any], ...] = ()
 
     def label(self) -> str:
         return " + ".join(self.losses)
@@ -83,6 +91,8 @@ ABLATIONS: tuple[AblationRow, ...] = (
     AblationRow("contrastive_video_text", ("contrastive",), ("video", "text")),
     AblationRow("reconstruction", ("reconstruction",)),
     AblationRow("simclr_video", ("simclr",), ("video",)),
+    AblationRow("memory_bank", ("contrastive", "clustering", "reconstruction"),
+                settings=(("losses", "kmeans_schedule", "memory_bank"),)),
 )
 # Rows that read the store's augmented versions (meta.augmentations > 0).
 NEEDS_AUGMENTATIONS = frozenset({"simclr_video"})
@@ -102,6 +112,8 @@ def row_config(base: Config, row: AblationRow, equal_budget: bool = True) -> Con
         data["losses"][name] = (w if w > 0 else 1.0) if name in row.losses else 0.0
     if row.modalities is not None:
         data["model"]["modalities"] = list(row.modalities)
+    for section, name, value in row.settings:
+        data[section][name] = value
     if equal_budget:
         data["train"]["patience"] = data["train"]["epochs"]
     return Config.model_validate(data)

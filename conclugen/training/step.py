@@ -23,7 +23,8 @@ from conclugen.model.distributed import all_reduce_sum, world
 from conclugen.model.heads import ConCluGen, to_sync_batchnorm
 from conclugen.model.kmeans import OnlineKMeans
 from conclugen.model.losses import clustering, combine, mms_contrastive, nt_xent, reconstruction
-from conclugen.training.data import second_view_key
+from conclugen.model.memory_bank import MemoryBank, NonFiniteBankError
+from conclugen.training.data import CLIP_KEY, second_view_key
 from conclugen.training.errors import NonFiniteLossError, PretrainError
 from conclugen.training.schedule import make_scheduler
 
@@ -87,19 +88,56 @@ class Stepper:
         self.model = (to_sync_batchnorm(model) if sync_batchnorm else model).to(self.device)
         self.module: torch.nn.Module = self.model
         self.kmeans = self._kmeans(cfg.losses.queue_batches)
-        # Validation clusters each batch on its own, so it never touches the training queue.
+        # Validation clusters each batch on its own, so it never touches the training queue (nor
+        # the memory bank: the validation loss stays comparable across schedules).
         self.val_kmeans = self._kmeans(0)
+        L = cfg.losses
+        self.bank = MemoryBank(cfg.model.k, iters=L.kmeans_iters, tol=L.kmeans_tol, seed=cfg.train.seed,
+                               distributed=distributed, device=self.device) \
+            if L.kmeans_schedule == "memory_bank" else None
         self.counts = torch.zeros(cfg.model.k, dtype=torch.float64)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.scheduler = make_scheduler(self.optimizer, cfg.train)
 
     def _kmeans(self, queue: int) -> OnlineKMeans:
         L = self.cfg.losses
+        # memory_bank: the training batches use the bank; per-batch k-means serves validation only.
+        schedule = "every_step" if L.kmeans_schedule == "memory_bank" else L.kmeans_schedule
         return OnlineKMeans(
             self.cfg.model.k, queue_batches=queue, iters=L.kmeans_iters, tol=L.kmeans_tol,
-            schedule=L.kmeans_schedule, refit_every=L.kmeans_refit_every, seed=self.cfg.train.seed,
+            schedule=schedule, refit_every=L.kmeans_refit_every, seed=self.cfg.train.seed,
             distributed=self.distributed,
         )
+
+    def _clusters_at(self, epoch: int) -> bool:
+        return self.weights["clustering"] > 0 and epoch >= self.cfg.losses.kmeans_start_epoch
+
+    def needs_bank_fill(self, epoch: int) -> bool:
+        """memory_bank: this epoch clusters but the bank is empty (the first clustering epoch, or
+        the first epoch after a resume: the bank is not checkpointed), so :meth:`fill_bank` first.
+        The same answer on every rank (each rank trains the same number of steps per epoch)."""
+        return self.bank is not None and self._clusters_at(epoch) and len(self.bank) == 0
+
+    def fill_bank(self, batches: Iterable[Mapping[str, torch.Tensor]]) -> None:
+        """A no-grad pass over ``batches`` (the epoch's training batches) that records their fused
+        cluster-head outputs in the bank, as DeepCluster-v2 initialises its memory. Training mode,
+        as the training steps compute them (BatchNorm on the batch's statistics); the BatchNorm
+        running statistics are restored afterwards, so the pass leaves the model unchanged."""
+        assert self.bank is not None
+        buffers = {k: v.clone() for k, v in self.model.named_buffers()}
+        self.model.train(True)
+        with torch.no_grad():
+            for feats in batches:
+                out = self.model(feats, heads=["cluster_logits"])
+                self.bank.add(self._keys(feats), torch.stack([out.cluster_logits[m] for m in self.modalities]).mean(0))
+        for k, v in self.model.named_buffers():
+            v.copy_(buffers[k])
+
+    def _keys(self, feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if CLIP_KEY not in feats:
+            raise PretrainError(f"losses.kmeans_schedule=memory_bank needs the rows' clip keys in each training "
+                                f"batch ({CLIP_KEY!r}: conclugen.training.data.WorkerBatches(keys=True))")
+        return feats[CLIP_KEY]
 
     def wrap(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
         """Run the forward pass through ``wrap(model)`` (e.g. Ray Train's DDP ``prepare_model``);
@@ -119,13 +157,27 @@ class Stepper:
     def state_dict(self) -> dict[str, Any]:
         """Model, optimizer and scheduler state (the resumable part of a checkpoint payload)."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+                "scheduler": self.scheduler.state_dict(), "kmeans": self._kmeans_state()}
 
     def load_state_dict(self, payload: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` (after :meth:`wrap`, which may move the model's device)."""
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
+        for name, km in self._kmeans_by_name().items():  # absent in checkpoints of older versions
+            state = payload.get("kmeans", {}).get(name)
+            if state is not None:
+                km.step = int(state["step"])
+                km.centroids = None if state["centroids"] is None else state["centroids"].to(self.device)
+
+    def _kmeans_by_name(self) -> dict[str, OnlineKMeans]:
+        return {"train": self.kmeans, "val": self.val_kmeans}
+
+    def _kmeans_state(self) -> dict[str, Any]:
+        """Each k-means' call counter (it seeds every refit) and centroids (warm starts): with them
+        a resumed run clusters as the uninterrupted one would (the queue is emptied each epoch)."""
+        return {name: {"step": km.step, "centroids": None if km.centroids is None else km.centroids.detach().cpu()}
+                for name, km in self._kmeans_by_name().items()}
 
     def losses(self, feats: Mapping[str, torch.Tensor], epoch: int, train: bool) -> dict[str, torch.Tensor]:
         """The active losses of one batch (clustering from ``losses.kmeans_start_epoch`` on).
@@ -139,14 +191,15 @@ class Stepper:
         if train and len(views) < len(self.second_views):
             raise PretrainError(f"losses.simclr needs a second version of {list(self.second_views)} in each "
                                 "training batch: train on a store extracted with extract.augmentations ≥ 1")
-        cluster = self.weights["clustering"] > 0 and epoch >= L.kmeans_start_epoch
+        cluster = self._clusters_at(epoch)
         out = self.module(feats, views=views, heads=self._heads(cluster))
         losses: dict[str, torch.Tensor] = {}
         if self.weights["contrastive"] > 0:
             losses["contrastive"] = mms_contrastive(out.projections, margin=L.margin, gather=self.distributed)
         if cluster:
             fused = torch.stack([out.cluster_logits[m] for m in self.modalities]).mean(0).detach()
-            losses["clustering"] = self._clustering(out.cluster_logits, fused, train)
+            keys = self._keys(feats) if train and self.bank is not None else None
+            losses["clustering"] = self._clustering(out.cluster_logits, fused, train, keys)
         if self.weights["reconstruction"] > 0:
             # the target is the standardised input the heads read (model.input_norm)
             losses["reconstruction"] = reconstruction(out.reconstructions, out.inputs)
@@ -163,13 +216,21 @@ class Stepper:
         return [h for h, used in (("projections", w["contrastive"] > 0 or w["simclr"] > 0),
                                   ("cluster_logits", cluster), ("reconstructions", w["reconstruction"] > 0)) if used]
 
-    def _clustering(self, cluster_logits: Mapping[str, torch.Tensor], fused: torch.Tensor, train: bool) -> torch.Tensor:
+    def _clustering(self, cluster_logits: Mapping[str, torch.Tensor], fused: torch.Tensor, train: bool,
+                    keys: torch.Tensor | None = None) -> torch.Tensor:
         # k-means on NaN/inf input fails obscurely (or hangs a collective): every rank learns
         # whether any rank has a non-finite vector and all skip together; the NaN loss is then
-        # reported by run_epoch's check with epoch and step.
-        bad = all_reduce_sum((~torch.isfinite(fused).all()).to(torch.float32).reshape(1))
-        if float(bad.item()) > 0:
+        # reported by run_epoch's check with epoch and step. The same all-reduce carries the
+        # number of rows the memory bank has labels for.
+        found = None if keys is None else self.bank.lookup(keys)  # type: ignore[union-attr]
+        flags = torch.stack([(~torch.isfinite(fused).all()).to(torch.float32),
+                             fused.new_tensor(0.0 if found is None else float(found[1].sum()), dtype=torch.float32)])
+        bad, n_found = all_reduce_sum(flags).tolist()
+        if bad > 0:
             return fused.new_tensor(float("nan"))
+        if found is not None:
+            assert keys is not None
+            return self._bank_clustering(cluster_logits, fused, keys, *found, n_found)
         km = self.kmeans if train else self.val_kmeans
         if not train:
             km.reset()
@@ -179,6 +240,24 @@ class Stepper:
         if train:
             self.counts += torch.bincount(assignments.long().cpu(), minlength=self.cfg.model.k).double()
         return loss
+
+    def _bank_clustering(self, cluster_logits: Mapping[str, torch.Tensor], fused: torch.Tensor, keys: torch.Tensor,
+                         labels: torch.Tensor, found: torch.Tensor, n_found: float) -> torch.Tensor:
+        """The clustering loss against the bank's labels and centroids of the epoch, over the rows
+        the bank has a label for (docs/method.md, Losses). Per rank ``ws · Σ_found CE / N_found``
+        with N_found over all ranks: the mean over ranks is the mean CE over the global batch's
+        found rows, and DDP's average its gradient (the convention of model.losses)."""
+        assert self.bank is not None
+        self.bank.add(keys, fused)
+        mine = int(found.sum())
+        if mine == 0 or self.bank.clusters is None:  # a zero that keeps the cluster head in the graph (DDP)
+            return sum(c.sum() for c in cluster_logits.values()) * 0.0  # type: ignore[return-value]
+        L = self.cfg.losses
+        centroids = self.bank.clusters.centroids.to(fused.dtype)
+        loss = clustering({m: c[found] for m, c in cluster_logits.items()}, centroids, labels[found],
+                          mode=L.mode, margin=L.cluster_margin)
+        self.counts += torch.bincount(labels[found].long().cpu(), minlength=self.cfg.model.k).double()
+        return loss * (mine * self.world_size / n_found)
 
     def total(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return combine(losses, self.weights)
@@ -201,7 +280,7 @@ class Stepper:
         end, and raises :class:`NonFiniteLossError` (before updating) at a non-finite loss on any
         rank; validation clusters each batch on its own and records no cluster counts."""
         if train:
-            self.kmeans.reset()
+            self._epoch_start(epoch)
             self.counts.zero_()
         self.module.train(train)
         sums = torch.zeros(len(self.names) + 1, dtype=torch.float64)
@@ -223,6 +302,17 @@ class Stepper:
                if name != "clustering" or epoch >= self.cfg.losses.kmeans_start_epoch}
         out["loss"] = float(sums[-1] / n)
         return out
+
+    def _epoch_start(self, epoch: int) -> None:
+        """Reset the per-step queue, or (memory_bank, clustering epochs) cluster the bank the ranks
+        recorded during the last epoch (or :meth:`fill_bank`) and start this epoch's shard."""
+        if self.bank is None:
+            self.kmeans.reset()
+        elif self._clusters_at(epoch):
+            try:
+                self.bank.recluster(epoch)
+            except NonFiniteBankError as e:  # raised on every rank together (recluster all-reduces its checks)
+                raise NonFiniteLossError(f"memory bank at epoch {epoch}: {e}", epoch, 0) from e
 
     def _update(self, total: torch.Tensor, vals: torch.Tensor, epoch: int, step: int) -> None:
         if not bool(torch.isfinite(vals).all()):

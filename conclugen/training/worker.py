@@ -32,6 +32,7 @@ from conclugen.training.run_folder import (
     CHECKPOINT_FILE,
     RunFs,
     save_checkpoint_dir,
+    upload_checkpoint,
     write_worker_error,
     write_worker_record,
 )
@@ -111,6 +112,7 @@ def train_loop_per_worker(wc: WorkerConfig) -> None:
         ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val") if plan.has_val else None,
         plan, stepper.modalities, stepper.device, seed=cfg.train.seed, rank=rank, cache=wc.cache_shards,
         versions=versions,
+        keys=stepper.bank is not None,  # memory_bank: batches carry the rows' clip keys
     )
     for epoch in range(progress.start_epoch, cfg.train.epochs):
         try:
@@ -164,6 +166,8 @@ def _epoch(stepper: Stepper, batches: WorkerBatches, epoch: int, progress: Progr
         write_worker_record(run_fs, rank, epoch, progress.start_epoch)
 
     t0, c0 = time.perf_counter(), time.process_time()
+    if stepper.needs_bank_fill(epoch):  # memory_bank: first clustering epoch, or a resumed run
+        stepper.fill_bank(batches.train(epoch))
     train = stepper.run_epoch(batches.train(epoch), epoch, train=True, after_first_step=record)
     train_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
     samples = plan.steps * plan.local_batch * stepper.world_size
@@ -222,4 +226,4 @@ def _report(wc: WorkerConfig, stepper: Stepper, progress: Progress, metrics: dic
                 "input_dims": stepper.input_dims, "meta": wc.meta, "mlflow_run_id": wc.mlflow_run_id,
             }, info)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_fn=upload_checkpoint)

@@ -33,12 +33,15 @@ def test_rows_are_the_reference_set() -> None:
         "contrastive_video_text": (0.5, 0.0, 0.0, 0.0, ["video", "text"]),
         "reconstruction": (0.0, 0.0, 1.0, 0.0, ["video", "audio", "text"]),
         "simclr_video": (0.0, 0.0, 0.0, 1.0, ["video"]),
+        "memory_bank": (0.5, 1.0, 1.0, 0.0, ["video", "audio", "text"]),
     }
     assert [r.name for r in ABLATIONS] == list(want)
     for r in ABLATIONS:
         c = row_config(base, r)
         L = c.losses
         assert (L.contrastive, L.clustering, L.reconstruction, L.simclr, c.model.modalities) == want[r.name], r.name
+        # the memory_bank row differs from all_losses in its clustering schedule only
+        assert L.kmeans_schedule == ("memory_bank" if r.name == "memory_bank" else "every_step"), r.name
         # equal budget: same epochs/batch/seed/lr for every row, no early stop
         assert (c.train.epochs, c.train.patience, c.train.batch_size, c.train.seed, c.train.lr) == (
             7, 7, base.train.batch_size, base.train.seed, base.train.lr)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conclugen.config import load_config
 from conclugen.model.losses import nt_xent
-from conclugen.training.data import second_view_key
+from conclugen.training.data import CLIP_KEY, second_view_key
 from conclugen.training.errors import NonFiniteLossError, PretrainError
 from conclugen.training.step import Stepper, cluster_stats, seed_all
 from tests.helpers.configs import TINY
@@ -88,7 +89,7 @@ def test_state_dict_resumes_model_optimizer_and_schedule(tmp_path):
     assert b.lr == a.lr and b.scheduler.last_epoch == a.scheduler.last_epoch == 1
     for k, v in b.model.state_dict().items():
         assert torch.equal(v, a.model.state_dict()[k]), k
-    assert set(a.state_dict()) == {"model", "optimizer", "scheduler"}
+    assert set(a.state_dict()) == {"model", "optimizer", "scheduler", "kmeans"}  # k-means: resume-exact refits
 
 
 SIMCLR = ["model.modalities=[video]", "losses.contrastive=0", "losses.clustering=0", "losses.reconstruction=0",
@@ -174,3 +175,90 @@ def test_reconstruction_targets_the_standardised_input(tmp_path):
             rec = st.model.decoders[m](st.model.represent(x)[m])
             want += float(((rec - z) ** 2).mean())
     assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- memory bank
+
+BANK = ["losses.kmeans_schedule=memory_bank", "losses.kmeans_start_epoch=1"]
+
+
+def keyed(data: list[dict[str, torch.Tensor]], first_key: int = 0) -> list[dict[str, torch.Tensor]]:
+    """The batches with consecutive clip keys from ``first_key`` (as WorkerBatches(keys=True))."""
+    out, k = [], first_key
+    for b in data:
+        n = next(iter(b.values())).shape[0]
+        out.append({**b, CLIP_KEY: torch.arange(k, k + n)})
+        k += n
+    return out
+
+
+def _np_clustering_ce(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, margin: float) -> float:
+    """Mean over rows of CE(S, label) with S = x Cᵀ and S[label] −= margin (docs/method.md, Losses)."""
+    s = x @ centroids.T
+    s[np.arange(len(x)), labels] -= margin
+    m = s.max(1, keepdims=True)
+    logp = s - m - np.log(np.exp(s - m).sum(1, keepdims=True))
+    return float(-logp[np.arange(len(x)), labels].mean())
+
+
+def test_memory_bank_fill_is_side_effect_free_and_needed_once(tmp_path):
+    seed_all(0)
+    st = Stepper(tiny_cfg(tmp_path, *BANK), DIMS)
+    data = keyed(batches(3))
+    assert not st.needs_bank_fill(0)  # no clustering before kmeans_start_epoch
+    st.run_epoch(data, 0, train=True)
+    assert len(st.bank) == 0 and st.needs_bank_fill(1)
+    before = {k: v.clone() for k, v in st.model.state_dict().items()}
+    st.fill_bank(data)
+    for k, v in st.model.state_dict().items():  # BatchNorm running statistics restored
+        assert torch.equal(v, before[k]), k
+    keys, vecs = st.bank.shard()
+    assert keys.tolist() == list(range(48)) and vecs.shape == (48, st.cfg.model.k)
+    assert not st.needs_bank_fill(1)
+    st.run_epoch(data, 1, train=True)
+    assert len(st.bank) == 48 and not st.needs_bank_fill(2)  # the epoch recorded its rows
+    resumed = Stepper(tiny_cfg(tmp_path, *BANK), DIMS)
+    resumed.load_state_dict(st.state_dict())
+    assert resumed.needs_bank_fill(2)  # the bank is not checkpointed: a resume refills it
+    n = len(st.bank)
+    st.run_epoch(data, 2, train=False)  # validation clusters per batch and leaves the bank alone
+    assert len(st.bank) == n
+
+
+def test_memory_bank_step_trains_against_the_banks_labels_and_skips_unknown_clips(tmp_path):
+    from conclugen.model.memory_bank import cluster_bank
+
+    cfg = tiny_cfg(tmp_path, *BANK)
+    seed_all(0)
+    st = Stepper(cfg, DIMS)
+    st.fill_bank(keyed(batches(1, seed=1)))  # clips 0..15
+    fill_keys, fill_vecs = st.bank.shard()
+    batch = keyed(batches(1, seed=2), first_key=8)  # clips 8..23: 16..23 are not in the bank
+    probe = Stepper(cfg, DIMS)
+    probe.load_state_dict(st.state_dict())
+    with torch.no_grad():
+        out = probe.model(batch[0], heads=["cluster_logits"])
+    fused = torch.stack([out.cluster_logits[m] for m in DIMS]).mean(0).numpy()
+    got = st.run_epoch(batch, 1, train=True)["clustering"]
+    L = cfg.losses
+    want_clusters = cluster_bank(fill_keys, fill_vecs, cfg.model.k, iters=L.kmeans_iters, tol=L.kmeans_tol,
+                                 seed=cfg.train.seed + 1)
+    c = st.bank.clusters
+    assert torch.equal(c.table_keys, torch.arange(16)) and torch.equal(c.table_labels, want_clusters.table_labels)
+    assert torch.allclose(c.centroids, want_clusters.centroids)
+    labels = c.table_labels[8:16].numpy()
+    want = _np_clustering_ce(fused[:8].astype(np.float64), c.centroids.numpy().astype(np.float64), labels,
+                             L.cluster_margin)
+    assert got == pytest.approx(want, rel=1e-5)
+    assert float(st.counts.sum()) == 8  # only the clips with a label count
+
+
+def test_memory_bank_without_known_clips_or_keys(tmp_path):
+    st = Stepper(tiny_cfg(tmp_path, *BANK), DIMS)
+    st.fill_bank(keyed(batches(1)))
+    got = st.run_epoch(keyed(batches(1, seed=3), first_key=100), 1, train=True)  # no clip known
+    assert got["clustering"] == 0.0
+    grad = st.model.cluster_head.weight.grad
+    assert grad is not None and float(grad.abs().max()) == 0.0  # in the graph (DDP), no signal
+    with pytest.raises(PretrainError, match="clip keys"):
+        st.run_epoch(batches(1), 2, train=True)
