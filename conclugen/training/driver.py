@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from conclugen.training.run_folder import (
 )
 from conclugen.training.step import SIMCLR_MODALITY
 from conclugen.training.worker import WorkerConfig, train_loop_per_worker
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -155,7 +158,7 @@ def fit(
     """
     import ray
     from ray.data.dataset import MaterializedDataset
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     T = cfg.train
@@ -174,7 +177,7 @@ def fit(
         if cfg.model.input_norm == "standardize" else None,
     )
     fs, storage_path, name = ray_storage(run_uri, cfg.storage)
-    resources = {"CPU": T.cpus_per_worker}
+    resources = {"CPU": T.cpus_per_worker, **T.worker_resources}
     if use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
@@ -194,6 +197,10 @@ def fit(
             callbacks=list(callbacks or []),  # e.g. conclugen.search.trial forwards per-epoch reports to Tune
         ),
         datasets=dict(datasets),
+        # The rows a rank gets must not depend on which node holds which block: with locality on,
+        # a worker group restarted on other nodes (or a re-run) splits the data differently, and
+        # a resumed run no longer trains on what the uninterrupted one would.
+        dataset_config=DataConfig(enable_shard_locality=False),
     )
     return trainer.fit()
 
@@ -238,7 +245,7 @@ def run_pretrain(
     input_dims = {m: int(meta.dims[m]) for m in cfg.model.modalities}
     _check_same_model(run_uri, cfg, input_dims)
     lock = output_lock(run_uri, "pretrain", cfg.storage) if lock_output else contextlib.nullcontext()
-    with lock:  # two runs into one folder would mix their checkpoints
+    with _held(lock, run_uri):  # two runs into one folder would mix their checkpoints
         clear_worker_error(run_uri, cfg.storage)
         result = _tracked_fit(features_uri_, run_uri, cfg, meta, input_dims, n_train, n_val, run_name=run_name,
                               log_model=log_model, tags=tags, callbacks=callbacks, datasets=datasets, stream=stream)
@@ -261,16 +268,69 @@ def _tracked_fit(
         if not tracked.reopened:
             tracking.log_text(tracked.uri, tracked.run_id, meta.to_json(), "feature_meta.json")
         datasets = dict(datasets) if datasets is not None else build_datasets(features_uri_, cfg, n_val > 0, stream)
-        fit(
-            datasets, run_uri, cfg, input_dims, n_train, n_val,
-            meta=json.loads(meta.to_json()), tracking_uri=tracked.uri, mlflow_run_id=tracked.run_id,
-            callbacks=callbacks,
-        )
+        from ray.train import TrainingFailedError
+
+        try:
+            fit(
+                datasets, run_uri, cfg, input_dims, n_train, n_val,
+                meta=json.loads(meta.to_json()), tracking_uri=tracked.uri, mlflow_run_id=tracked.run_id,
+                callbacks=callbacks,
+            )
+        except TrainingFailedError as e:
+            raise training_failed(run_uri, cfg, e) from e
         err = read_worker_error(run_uri, cfg.storage)
         if err is not None:
             raise NonFiniteLossError(err["message"] + " — lower train.lr or check the features",
                                      err.get("epoch"), err.get("step"))
         return _result(run_uri, cfg, tracked, input_dims, log_model)
+
+
+@contextlib.contextmanager
+def _held(lock: contextlib.AbstractContextManager[Any], run_uri: str) -> Iterator[None]:
+    """``with lock``, except that when the block failed a failing release (the storage may be
+    what failed) is only logged: the block's error is the one that says what went wrong."""
+    lock.__enter__()
+    try:
+        yield
+    except BaseException as e:
+        try:
+            lock.__exit__(type(e), e, e.__traceback__)
+        except Exception as release_error:  # noqa: BLE001
+            log.warning("could not release the output lock of %s: %s", run_uri, release_error)
+        raise
+    lock.__exit__(None, None, None)
+
+
+def training_failed(run_uri: str, cfg: Config, error: Exception) -> PretrainError:
+    """Ray Train gave up (``train.max_failures`` restarts used): a :class:`PretrainError` that
+    says why in one line. When RUN_URI cannot be reached now, that is named as the cause (with the
+    S3 endpoint): re-running the same command once it is back resumes from the last checkpoint."""
+    cause = _root_cause(error)
+    fs, path = storage.resolve(run_uri, cfg.storage)
+    try:
+        storage.with_retries(lambda: fs.get_file_info(path), f"reading {run_uri}", retries=1, seconds=2.0)
+    except (OSError, storage.StorageError) as e:
+        where = run_uri
+        if storage.is_s3(run_uri):
+            where += f" (S3 endpoint {storage.s3_settings(cfg.storage).endpoint or 'the AWS default'})"
+        return PretrainError(
+            f"pretraining stopped: its run folder {where} cannot be reached ({e}); the last error of the "
+            f"workers was: {cause}. Re-run the same command once the storage is back: it resumes from the "
+            "last checkpoint")
+    return PretrainError(f"pretraining into {run_uri} failed (train.max_failures={cfg.train.max_failures} "
+                         f"restarts used): {cause}")
+
+
+def _root_cause(error: Exception) -> str:
+    """The last line of each failed worker's error (Ray prefixes them with its own traceback)."""
+    failures = getattr(error, "worker_failures", None) or {}
+    if not failures and getattr(error, "controller_failure", None) is not None:
+        failures = {"controller": error.controller_failure}
+    lines = {rank: (str(e).strip().splitlines() or [type(e).__name__])[-1] for rank, e in failures.items()}
+    if not lines:
+        return (str(error).strip().splitlines() or [type(error).__name__])[-1]
+    return "; ".join(f"rank {rank}: {line}" if isinstance(rank, int) else f"{rank}: {line}"
+                     for rank, line in sorted(lines.items(), key=lambda kv: str(kv[0])))
 
 
 def _check_same_model(run_uri: str, cfg: Config, input_dims: Mapping[str, int]) -> None:

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import posixpath
+import shutil
 import socket
 import time
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ import torch
 from conclugen import storage
 from conclugen.errors import ConCluGenError
 from conclugen.training.errors import PretrainError
+from conclugen.training.retry_fs import retrying
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -64,14 +66,15 @@ def state_uri(run_uri: str, name: str) -> str:
 
 def ray_storage(run_uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem | None, str, str]:
     """RUN_URI → (pyarrow filesystem or None, storage_path, name) for Ray Train's RunConfig, so
-    that its ``checkpoint_*`` folders land directly under RUN_URI (and a re-run resumes them)."""
+    that its ``checkpoint_*`` folders land directly under RUN_URI (and a re-run resumes them).
+    On S3 the filesystem retries every call (:mod:`conclugen.training.retry_fs`)."""
     run_uri = str(run_uri).rstrip("/")
     if storage.is_s3(run_uri):
         fs, path = storage.resolve(run_uri, cfg)
         parent, name = posixpath.split(path)
         if not parent or not name:
             raise PretrainError(f"RUN_URI {run_uri} must name a folder inside a bucket (s3://bucket/run)")
-        return fs, parent, name
+        return retrying(fs, cfg), parent, name  # Ray Train's own writes ride out an outage too
     _, path = storage.resolve(run_uri)
     p = Path(path)
     return None, str(p.parent), p.name
@@ -82,13 +85,45 @@ def checkpoint_uri(run_uri: str, fs_path: str) -> str:
     return storage.to_uri(run_uri, fs_path)
 
 
+def run_fs_uri(run_fs: RunFs) -> str:
+    """The URI of a :data:`RunFs` (workers have the filesystem object, not the driver's URI)."""
+    fs, path = run_fs
+    return f"s3://{path}" if fs.type_name == "s3" else path
+
+
 def _write_state_json(run_fs: RunFs, name: str, data: Mapping[str, Any]) -> None:
-    """``RUN_URI/conclugen/<name>`` as one whole object (no appends: S3 has none)."""
+    """``RUN_URI/conclugen/<name>`` as one whole object (no appends: S3 has none), retried
+    through a storage outage like every other write (the default ``storage.retry_seconds``:
+    the workers do not know the run's storage section here)."""
     fs, run_path = run_fs
     path = posixpath.join(run_path, STATE_DIR, name)
-    fs.create_dir(posixpath.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(json.dumps(dict(data)).encode())
+    uri = run_fs_uri((fs, path))
+
+    def write() -> None:
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(json.dumps(dict(data)).encode())
+
+    storage.with_retries(write, f"writing {uri}", **storage.retry_policy(uri, None))
+
+
+def upload_checkpoint(checkpoint: Any, dir_name: str) -> Any:
+    """``checkpoint_upload_fn`` of ``ray.train.report``: the local checkpoint folder copied into
+    RUN_URI file by file through Ray Train's storage filesystem (on S3 the retrying one of
+    :func:`ray_storage`, whose failures surface here at each file's close — pyarrow's
+    ``copy_files``, Ray's default, would drop them). Returns the persisted checkpoint."""
+    import ray.train
+
+    ctx = ray.train.get_context().get_storage()
+    fs, dest = ctx.storage_filesystem, ctx.build_checkpoint_path_from_name(dir_name)
+    root = Path(checkpoint.path)
+    fs.create_dir(dest, recursive=True)
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        target = posixpath.join(dest, f.relative_to(root).as_posix())
+        fs.create_dir(posixpath.dirname(target), recursive=True)
+        with open(f, "rb") as src, fs.open_output_stream(target) as out:
+            shutil.copyfileobj(src, out, 8 << 20)
+    return ray.train.Checkpoint(path=dest, filesystem=fs)
 
 
 def write_worker_error(run_fs: RunFs, message: str, epoch: int | None, step: int | None) -> None:
@@ -117,8 +152,15 @@ def write_worker_record(run_fs: RunFs, rank: int, epoch: int, start_epoch: int) 
     so a restarted epoch keeps the record of the attempt that died."""
     pid = os.getpid()
     record = {"rank": rank, "epoch": epoch, "start_epoch": start_epoch, "pid": pid,
-              "host": socket.gethostname(), "time": time.time()}
+              "host": socket.gethostname(), "node": _ray_node_id(), "time": time.time()}
     _write_state_json(run_fs, posixpath.join(WORKERS_DIR, f"rank{rank}-epoch{epoch}-pid{pid}.json"), record)
+
+
+def _ray_node_id() -> str | None:
+    """The Ray node this process runs on (one host may hold several simulated nodes), if any."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def worker_records(run_uri: str, cfg: StorageConfig | None = None) -> list[dict[str, Any]]:

@@ -89,3 +89,13 @@ def test_ray_storage_and_checkpoint_uri(tmp_path):
     assert fs is None and (parent, name) == (str(tmp_path / "runs"), "a")
     assert checkpoint_uri("s3://bucket/runs/a", "bucket/runs/a/checkpoint_1") == "s3://bucket/runs/a/checkpoint_1"
     assert checkpoint_uri(str(tmp_path), "/x/checkpoint_1") == "/x/checkpoint_1"
+
+
+def test_ray_storage_on_s3_gives_ray_train_a_retrying_filesystem(monkeypatch):
+    import pickle
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # never contacted here
+    fs, parent, name = ray_storage("s3://bucket/runs/a")
+    assert (parent, name) == ("bucket/runs", "a") and fs.type_name == "py::retrying-s3"
+    # Ray Train pickles it to its controller and workers and compares checkpoints' filesystems with it.
+    assert pickle.loads(pickle.dumps(fs)) == fs
