@@ -51,7 +51,12 @@ class StorageConfig(Section):
     access_key_id: SecretStr | None = None
     secret_access_key: SecretStr | None = None
     session_token: SecretStr | None = None
-    retries: int = Field(3, ge=0, le=20)
+    # Transient errors (connection refused/reset, timeouts, 5xx) are retried with exponential
+    # backoff (0.2 s doubling, at most 5 s apart) for up to `retry_seconds` in all and at most
+    # `retries` retries, so an object store that is down for a while (a restart) is waited out;
+    # permanent ones (credentials, permissions, no such bucket) fail at once. See storage.py.
+    retries: int = Field(30, ge=0, le=1000)
+    retry_seconds: float = Field(60.0, ge=0)
 
 
 class CorpusConfig(Section):
@@ -71,7 +76,8 @@ class BackbonesConfig(Section):
     video3d: str = "offline:video3d"
     audio: str = "offline:audio"
     text: str = "offline:minilm"
-    asr: str = "offline:none"
+    # runs only for clips without a transcript that have audio; "offline:none" switches it off
+    asr: str = "offline:pocketsphinx"
 
 
 class ExtractConfig(Section):
@@ -96,7 +102,10 @@ class ExtractConfig(Section):
     backbone_threads: int = Field(0, ge=0)
     # concurrent decode tasks; 0 = as many as Ray's free CPUs allow
     decode_tasks: int = Field(0, ge=0)
-    s3_read_retries: int = Field(3, ge=0)
+    # Retries of one clip read; None = the storage section's policy (storage.retries /
+    # storage.retry_seconds). A read that still fails because the storage is unreachable stops
+    # the run (a rerun resumes); other read errors become that clip's errors row.
+    s3_read_retries: int | None = Field(None, ge=0)
     # Augmented versions stored per clip besides the plain one (reference: 10; 0 = none). See
     # docs/method.md, Backbones and features, and conclugen/features/versions.py.
     augmentations: int = Field(0, ge=0, le=64)
@@ -179,10 +188,20 @@ class TrainConfig(Section):
     restart_t_mult: int = Field(2, ge=1)
     eta_min: float = Field(1e-6, ge=0)
     restart_decay: float = Field(0.75, gt=0, le=1)
+    # Streaming stores (too big to cache): "global" = every rank reads its own (seed, epoch)-chosen
+    # row groups and shuffles them in windows of shuffle_window_mb of vectors (two windows in
+    # memory per worker); "local" = Ray Data's streaming split with a 4-batch local buffer.
+    # See docs/method.md, Pretraining (ours).
+    shuffle: Literal["global", "local"] = "global"
+    shuffle_window_mb: float = Field(512.0, gt=0)
     seed: int = 127
     patience: int = Field(15, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
     max_failures: int = Field(3, ge=0)
+    # Extra Ray resources each Train worker needs besides its CPUs/GPU (e.g. {"trainer_slot": 1}
+    # to place one worker per node that advertises one slot; a "CPU" key replaces the
+    # cpus_per_worker request, which still sets the torch threads) *(ours)*.
+    worker_resources: dict[str, float] = Field(default_factory=dict)
 
 
 class ProbeConfig(Section):
