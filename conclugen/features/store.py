@@ -246,11 +246,17 @@ def shard_ids(root: str, sub: str, cfg: StorageConfig | None = None) -> dict[str
             continue
         if not f.endswith(".parquet"):
             continue
-        try:
-            fs, path = storage.resolve(f, cfg)
+        fs, path = storage.resolve(f, cfg)
+
+        def read(fs: Any = fs, path: str = path) -> pa.Array:
             with fs.open_input_file(path) as fh:
-                out[f] = pq.read_table(fh, columns=["clip_id"]).column("clip_id").combine_chunks()
-        except Exception as e:  # a broken shard: redo its clips
+                return pq.read_table(fh, columns=["clip_id"]).column("clip_id").combine_chunks()
+
+        try:  # I/O errors (OSError) are retried and, past the budget, raised: an outage deletes nothing
+            out[f] = storage.with_retries(read, f"read {f}", **storage.retry_policy(f, cfg))
+        except storage.StorageError:
+            raise
+        except Exception as e:  # a broken shard (not Parquet, truncated): redo its clips
             log.warning("unreadable shard %s (%s): deleting it, its clips are redone", f, error_text(e))
             storage.delete(f, cfg)
     return out
