@@ -279,14 +279,15 @@ def _storage_outage(e: BaseException) -> str | None:
     pipeline (Ray wraps a task's exception; its text survives the wrapping), else None."""
     seen: BaseException | None = e
     while seen is not None:
-        if isinstance(seen, storage.StorageUnavailableError):
+        inner = getattr(seen, "cause", None)  # a RayTaskError's own exception (its str is Ray's traceback)
+        if isinstance(inner, storage.StorageUnavailableError):
+            return str(inner)
+        if isinstance(seen, storage.StorageUnavailableError) and not hasattr(seen, "cause"):
             return str(seen)
         seen = seen.__cause__ or seen.__context__
-    text = str(e)
-    at = text.find("StorageUnavailableError: ")
-    if at < 0:
-        return None
-    return text[at + len("StorageUnavailableError: "):].strip().splitlines()[0]
+    marker = "StorageUnavailableError: "
+    lines = [line for line in str(e).splitlines() if marker in line]
+    return lines[-1].split(marker, 1)[1].strip() if lines else None
 
 
 def check_existing_meta(out_uri: str, meta: FeatureMeta, cfg: StorageConfig) -> None:

@@ -29,13 +29,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from conclugen.errors import ConCluGenError
 from conclugen.model.distributed import all_gather_nograd, all_reduce_sum, gather_sizes, is_distributed
 from conclugen.model.kmeans import kmeans
 
 _MASK63 = np.uint64(0x7FFF_FFFF_FFFF_FFFF)
 
 
-class NonFiniteBankError(ValueError):
+class NonFiniteBankError(ConCluGenError, ValueError):
     """The bank holds a non-finite vector (raised on every rank at once)."""
 
 

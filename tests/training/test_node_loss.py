@@ -119,7 +119,8 @@ def test_retrying_filesystem_rides_out_transient_errors_and_names_the_object(tmp
 def test_training_failed_names_an_unreachable_run_folder_and_its_endpoint(tmp_path, monkeypatch):
     from ray.train import WorkerGroupError
 
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on port 9
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):  # (the session's S3 fixture may have set the latter)
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens on port 9
     cfg = tiny_cfg(tmp_path, "storage.retry_seconds=1", "train.max_failures=1")
     cause = OSError("Traceback ...\nStorageUnavailableError: uploading s3://b/run/checkpoint_1: unreachable")
     err = training_failed("s3://b/run", cfg, WorkerGroupError("rank 0 failed", {0: cause}))
