@@ -7,7 +7,7 @@ partial global batch is dropped). Materialised (small) datasets are read once in
 batched like a plain PyTorch loop (:class:`ShardCache`). Streamed (large) ones are, with
 ``train.shuffle=global``, read by every rank straight from the Parquet files in a per-epoch global
 shuffle (:mod:`conclugen.training.shuffle`; the train dataset carries the file list in its
-DataContext, :data:`TRAIN_FILES_KEY`), or, with ``local``, streamed from the rank's Ray Data shard
+DataContext, :data:`~conclugen.training.shuffle.TRAIN_FILES_KEY`), or, with ``local``, streamed from the rank's Ray Data shard
 with a small local shuffle buffer (:func:`iter_fixed`).
 
 Training rows always carry ``clip_id``; with ``keys`` a batch also has ``clip_key`` (int64 [n],
@@ -33,7 +33,7 @@ from conclugen import storage
 from conclugen.features.store import aug_column, features_uri, read_meta
 from conclugen.features.versions import clip_keys, version_index
 from conclugen.training.errors import PretrainError
-from conclugen.training.shuffle import RankReader, TrainFiles
+from conclugen.training.shuffle import TRAIN_FILES_KEY, RankReader, TrainFiles, train_files_of
 
 if TYPE_CHECKING:
     from conclugen.config import Config
@@ -42,7 +42,6 @@ TRAIN_SPLITS = ("train", "unlabeled")
 VAL_SPLITS = ("val",)
 CLIP_ID = "clip_id"
 CLIP_KEY = "clip_key"  # batch key of the rows' clip keys (WorkerBatches keys=True)
-TRAIN_FILES_KEY = "conclugen.train_files"  # DataContext config of a streamed train dataset: TrainFiles
 
 Batch = dict[str, torch.Tensor]  # modality (or second_view_key(modality)) → float32 [local batch, dim]
 
@@ -70,7 +69,7 @@ def build_datasets(features_root: str, cfg: Config, has_val: bool, stream: bool 
     (re-reads cost seconds of task start-up per epoch on a small machine); larger stores stream.
     ``stream`` forces the choice (True: stream, False: materialise). A streamed ``train`` with
     ``train.shuffle=global`` carries :class:`~conclugen.training.shuffle.TrainFiles` under
-    :data:`TRAIN_FILES_KEY` in its DataContext: the workers then read the files themselves
+    :data:`~conclugen.training.shuffle.TRAIN_FILES_KEY` in its DataContext: the workers then read the files themselves
     (the Ray Data plan still serves ``feature_stats``).
     """
     import pyarrow.fs as pafs
@@ -344,16 +343,6 @@ class BatchPlan:
     @property
     def has_val(self) -> bool:
         return self.val_steps > 0
-
-
-def train_files_of(shard: Any) -> TrainFiles | None:
-    """The :class:`TrainFiles` a streamed train dataset built by :func:`build_datasets` carries
-    (None for other datasets and for fake shards)."""
-    get_context = getattr(shard, "get_context", None)
-    if get_context is None:
-        return None
-    files = get_context().get_config(TRAIN_FILES_KEY)
-    return files if isinstance(files, TrainFiles) else None
 
 
 class WorkerBatches:

@@ -49,6 +49,9 @@ def _rng(*parts: int) -> np.random.Generator:
     return np.random.default_rng([int(p) % _SEED_MOD for p in parts])
 
 
+TRAIN_FILES_KEY = "conclugen.train_files"  # DataContext config of a streamed train dataset: TrainFiles
+
+
 @dataclass(frozen=True)
 class TrainFiles:
     """What a rank needs to read the training rows itself: built on the driver
@@ -237,3 +240,13 @@ class RankReader:
         windows = self.pieces(epoch, seed, rank, world_size, local_batch * steps)
         loads = [functools.partial(read_window, self.files, self.units, w, seed, epoch) for w in windows]
         return fixed_batches(prefetched(loads), local_batch, steps, seed, epoch, rank)
+
+
+def train_files_of(shard: Any) -> TrainFiles | None:
+    """The :class:`TrainFiles` a streamed train dataset built by :func:`conclugen.training.data.build_datasets` carries
+    (None for other datasets and for fake shards)."""
+    get_context = getattr(shard, "get_context", None)
+    if get_context is None:
+        return None
+    files = get_context().get_config(TRAIN_FILES_KEY)
+    return files if isinstance(files, TrainFiles) else None

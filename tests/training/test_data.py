@@ -22,10 +22,10 @@ from conclugen.training.data import (
     iter_fixed,
     second_view_key,
     stack_vectors,
-    train_files_of,
     val_batch_size,
 )
 from conclugen.training.errors import PretrainError
+from conclugen.training.shuffle import train_files_of
 
 CPU = torch.device("cpu")
 MODS = ["video", "audio"]
