@@ -9,13 +9,15 @@ its memory.
    (t_decode), then every backbone's forward pass (t_forward). The figures are ratios to its rate.
 3. **Pool** — what a user would script by hand: ``concurrent.futures`` with one process per core,
    each loading the backbones once (torch and OpenCV at 1 thread) and doing read + decode +
-   forward per clip. Each process records its per-clip decode / forward wall times: measured
-   while every core is busy, they are the stage costs ``d`` and ``f`` of a saturated machine.
+   forward per clip. Run a second time with each task a batch of ``extract.backbone_batch_size``
+   clips (decoded one by one, forwarded as one batch, as the pipeline's actors do): its per-clip
+   decode / forward wall times, measured while every core is busy, are the stage costs ``d`` and
+   ``f`` of a saturated machine (benchmarks/extract_baselines.py).
 4. **Pipeline**: ``run_extract`` on the same clips into a fresh store, in this process, Ray started
    as ``conclugen extract`` starts it (``--num-cpus`` logical CPUs; 0 = the CLI's default).
-5. Peak memory: summed RSS of the process tree of one extraction (driver + every Ray process),
-   sampled every 0.2 s, each manifest size of ``--sizes`` in a fresh process with a fresh Ray;
-   sizes beyond the unique clips repeat them under new clip_ids (same bytes, same work per clip).
+5. Peak memory: summed PSS of the process tree of one extraction (driver + every Ray process;
+   :func:`tree_memory` says why PSS and not RSS), sampled every 0.5 s, each manifest size of
+   ``--sizes`` in a fresh process with a fresh Ray; sizes beyond the unique clips repeat them under new clip_ids (same bytes, same work per clip).
 
 **Steady state** (pipeline and pool alike, :func:`steady_rate`): from the completions (seconds,
 clips finished so far) — ``ExtractSummary.completions`` per finished batch, the pool's per clip —
@@ -29,20 +31,18 @@ end-to-end seconds − clips / steady rate: the time the run lost to starting, o
 would have been steady from t = 0 (Ray's own start is printed separately).
 
 **Bound** (speed-up over the loop that no overlap can beat, for the resources the pipeline has):
-with ``d``, ``f`` the per-clip decode and forward seconds of one core (from the pool), ``P``
-cores, ``A`` backbone actors per stage pool holding ``k`` torch threads (``backbone_threads`` or
-1, Ray's OMP default), the pipeline's rate is at most
+with ``d``, ``f`` the per-clip decode and forward seconds of one core (from the batched pool),
+``P`` cores, ``A`` backbone actors per stage pool holding ``k`` torch threads (``backbone_threads``
+or 1, Ray's OMP default), the pipeline's rate is at most
 
     min(A·k / f_stage, P / (d + f))        (f_stage: the slowest actor pool's per-clip forward)
 
 — an actor cannot forward faster than its ``k`` threads on ``k`` cores, and the whole machine
 cannot do more than ``P`` core-seconds of work per second. Decode tasks have no term of their
 own: OpenCV runs its own threads inside a task, so only the machine term binds them. The bound is
-that rate × the loop's seconds per clip. The pool reaches ``P / (d + f)`` by construction, so
-"pipeline ≥ 1.0× pool" means the pipeline reaching the machine term; that needs
-``A·k ≥ P·f / (d + f)`` forward threads (printed). The per-clip costs are at batch 1 (as the
-loop and the pool run); the actors' batches can make forward a little cheaper, so a steady figure
-slightly above 100% can come from batching alone; far above it means the measure is wrong.
+that rate × the loop's seconds per clip; the batched pool reaches ``P / (d + f)`` by
+construction. The costs are at the actors' batch: the bound from batch-1 costs (the per-clip
+pool's) was exceeded by the pipeline (121%) because batching makes forward cheaper per clip.
 
 The backbones are the config's (offline defaults unless ``--config/--set`` say otherwise).
 """
@@ -59,12 +59,13 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from extract_baselines import in_fresh_process, loop_run, pool_run  # noqa: E402
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -84,33 +85,49 @@ def steady_rate(completions: list[tuple[float, int]], total: int) -> tuple[float
     return (end[1] - start[1]) / (end[0] - start[0]), start[0], end[0]
 
 
-def tree_rss(pid: int) -> int:
+def tree_memory(pid: int) -> tuple[int, int, dict[str, int]]:
+    """(summed RSS, summed PSS, PSS by process name) of ``pid`` and its descendants, in bytes.
+
+    RSS counts a shared page once in every process that touched it: Ray's object store is one
+    shared-memory file mapped by the driver and every worker, so summed RSS grows with how many
+    workers have touched how much of it, not with memory in use. PSS splits each shared page
+    among the processes mapping it, so its sum is the tree's footprint."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return 0, 0, {}
+    rss = pss = 0
+    by_name: dict[str, int] = {}
     for p in procs:
         try:
-            total += p.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
+            m = p.memory_full_info()
+            name = " ".join(p.cmdline()[:1])[:40] or p.name()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        rss, pss = rss + m.rss, pss + m.pss
+        by_name[name] = by_name.get(name, 0) + m.pss
+    return rss, pss, by_name
 
 
 class PeakSampler:
-    """The peak of :func:`tree_rss` of ``pid`` while the block runs."""
+    """The peaks of :func:`tree_memory` of ``pid`` while the block runs (``by_name``: at the
+    PSS peak)."""
 
-    def __init__(self, pid: int, every: float = 0.2) -> None:
-        self.pid, self.every, self.peak, self._stop = pid, every, 0, threading.Event()
+    def __init__(self, pid: int, every: float = 0.5) -> None:
+        self.pid, self.every, self._stop = pid, every, threading.Event()
+        self.peak = self.peak_pss = 0
+        self.by_name: dict[str, int] = {}
         self._t = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss(self.pid))
+            rss, pss, by_name = tree_memory(self.pid)
+            self.peak = max(self.peak, rss)
+            if pss > self.peak_pss:
+                self.peak_pss, self.by_name = pss, by_name
             self._stop.wait(self.every)
 
     def __enter__(self) -> PeakSampler:
@@ -120,104 +137,6 @@ class PeakSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._t.join()
-
-
-# ------------------------------------------------------------------------------ loop and pool
-
-
-def load_models(cfg: Any) -> dict[str, Any]:
-    from conclugen.features.backbone_stage import active_kinds
-    from conclugen.features.backbones import load_backbone
-
-    return {k: load_backbone(k, getattr(cfg.extract.backbones, k), "cpu", cfg.extract) for k in active_kinds(cfg.extract)}
-
-
-def clip_work(row: dict[str, Any], cfg: Any, models: dict[str, Any]) -> dict[str, Any]:
-    """Read + decode + every backbone's forward for one clip, as a hand-written script does it
-    (ASR only for a clip without transcript, as the pipeline); the seconds of each part."""
-    from conclugen import storage
-    from conclugen.data.media import decode_clip
-
-    t0 = time.perf_counter()
-    data = storage.read_bytes(row["video_uri"], cfg.storage)
-    clip = decode_clip(data, cfg.extract, row.get("start_s"), row.get("end_s"), cfg.corpus.max_clip_seconds)
-    fwd: dict[str, float] = {}
-    text = row.get("transcript")
-    audio = clip.audio if clip.has_audio and len(clip.audio) else None
-    t = time.perf_counter()
-    t_decode = t - t0
-    inputs = {"image": lambda: clip.face_frames, "video3d": lambda: clip.windows, "audio": lambda: audio,
-              "text": lambda: text}
-    for kind, model in models.items():
-        if kind == "asr":
-            if text is None and audio is not None:
-                text = model.transcribe([audio])[0]
-        else:
-            model.embed([inputs[kind]()])
-        now = time.perf_counter()
-        fwd[kind], t = now - t, now
-    return {"t_decode": t_decode, "t_forward": sum(fwd.values()), "by_kind": fwd}
-
-
-def _sum_work(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    by_kind: dict[str, float] = {}
-    for p in parts:
-        for k, v in p["by_kind"].items():
-            by_kind[k] = by_kind.get(k, 0.0) + v
-    return {"clips": len(parts), "t_decode": sum(p["t_decode"] for p in parts),
-            "t_forward": sum(p["t_forward"] for p in parts), "by_kind": by_kind}
-
-
-def loop_run(cfg_json: str, rows: list[dict[str, Any]], threads: int) -> dict[str, Any]:
-    """The sequential loop (run in a fresh process so this one holds no models)."""
-    import torch
-
-    from conclugen.config import Config
-
-    if threads:
-        torch.set_num_threads(threads)
-    cfg = Config.model_validate_json(cfg_json)
-    models = load_models(cfg)
-    t0 = time.perf_counter()
-    out = _sum_work([clip_work(r, cfg, models) for r in rows])
-    return out | {"seconds": time.perf_counter() - t0, "threads": torch.get_num_threads()}
-
-
-_POOL: dict[str, Any] = {}
-
-
-def _pool_init(cfg_json: str) -> None:
-    import cv2
-    import torch
-
-    from conclugen.config import Config
-
-    torch.set_num_threads(1)  # one process per core: any more threads would only contend
-    cv2.setNumThreads(1)
-    _POOL["cfg"] = cfg = Config.model_validate_json(cfg_json)
-    _POOL["models"] = load_models(cfg)
-
-
-def _pool_clip(row: dict[str, Any]) -> dict[str, Any]:
-    out = clip_work(row, _POOL["cfg"], _POOL["models"])
-    return out | {"done_at": time.monotonic()}  # CLOCK_MONOTONIC: one clock for every process
-
-
-def pool_run(cfg_json: str, rows: list[dict[str, Any]], procs: int) -> dict[str, Any]:
-    """The process pool: end to end from creating it (start-up included) to the last clip."""
-    t0 = time.monotonic()
-    with ProcessPoolExecutor(max_workers=procs, mp_context=get_context("spawn"), initializer=_pool_init,
-                             initargs=(cfg_json,)) as ex:
-        parts = list(ex.map(_pool_clip, rows))
-    seconds = time.monotonic() - t0
-    done = sorted(p["done_at"] - t0 for p in parts)
-    return _sum_work(parts) | {"seconds": seconds, "procs": procs,
-                               "completions": [(t, i + 1) for i, t in enumerate(done)]}
-
-
-def in_fresh_process(fn: Any, *args: Any) -> Any:
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as ex:
-        return ex.submit(fn, *args).result()
 
 
 # ------------------------------------------------------------------------------ pipeline
@@ -287,14 +206,14 @@ def memory_run(args: argparse.Namespace, n: int) -> dict[str, Any]:
         raise SystemExit(f"memory run with {n} clips failed (exit {rc})")
     r = json.loads(Path(out).read_text())
     os.unlink(out)
-    return r | {"peak_rss": ps.peak}
+    return r | {"peak_rss": ps.peak, "peak_pss": ps.peak_pss, "pss_by_name": ps.by_name}
 
 
 # ------------------------------------------------------------------------------ the bound
 
 
 def bound(cfg: Any, pool: dict[str, Any], loop_rate: float, cpus: int) -> dict[str, float]:
-    """The perfect-overlap bound (module docstring) from the pool's per-clip costs."""
+    """The perfect-overlap bound (module docstring) from the batched pool's per-clip costs."""
     from conclugen.features.backbone_stage import stage_groups
 
     n = pool["clips"]
@@ -362,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     pool = pool_run(cfg.model_dump_json(), rows, args.pool_procs or cpus)
     pool["steady"] = steady_rate(pool["completions"], pool["clips"])
     print(f"pool: {pool['procs']} processes, {pool['seconds']:.1f} s end to end", flush=True)
-    b = bound(cfg, pool, loop_rate, cpus)
+    batched = pool_run(cfg.model_dump_json(), rows, args.pool_procs or cpus, cfg.extract.backbone_batch_size)
+    batched["steady"] = steady_rate(batched["completions"], batched["clips"])
+    print(f"pool, batch {batched['batch']}: {batched['seconds']:.1f} s end to end", flush=True)
+    b = bound(cfg, batched, loop_rate, cpus)
 
     import ray
 
@@ -373,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.shutdown()
     mem = {n: memory_run(args, n) for n in [int(x) for x in args.sizes.split(",") if x]}
     figures = {"cores": cpus, "ray_cpus": logical, "ray_start_s": ray_start_s, "loop": loop, "pool": pool,
-               "pipeline": pipe, "bound": b, "memory": mem, "config": cfg.extract.model_dump()}
+               "pool_batched": batched, "pipeline": pipe, "bound": b, "memory": mem, "config": cfg.extract.model_dump()}
     report(figures, loop_rate)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
@@ -405,11 +327,16 @@ def report(fig: dict[str, Any], loop_rate: float) -> None:
           f"decode_tasks {ec['decode_tasks']}, batches decode {ec['decode_batch_size']} / backbone "
           f"{ec['backbone_batch_size']}, stages {ec['backbone_stages']}")
     print(f"loop      : {loop_rate:.2f} clips/s ({loop['threads']} torch threads)")
-    print(f"per clip  : decode {b['d']:.3f} s + forward {b['f']:.3f} s on one core (pool, all cores busy)")
+    print(f"per clip  : decode {b['d']:.3f} s + forward {b['f']:.3f} s on one core (pool at backbone batch "
+          f"{fig['pool_batched']['batch']}, all cores busy; at batch 1: decode {pool['t_decode'] / pool['clips']:.3f}"
+          f" + forward {pool['t_forward'] / pool['clips']:.3f} s)")
     print(f"bound     : {b['speedup']:.2f}× the loop = min(forward {b['forward_rate']:.2f}, machine "
           f"{b['machine_rate']:.2f}) clips/s; the machine term needs ≥ {b['forward_threads_needed']} "
           f"forward threads (backbone_actors × backbone_threads)")
     print(f"pool      : {q_e2e:.2f} clips/s end to end, steady {_fmt(q_steady)}; start-up cost {_fmt(q_start, '.1f')} s")
+    bq_e2e, bq_steady, _ = _rates(fig["pool_batched"])
+    print(f"pool, batched : {bq_e2e:.2f} clips/s end to end, steady {_fmt(bq_steady)} (forward at backbone batch; "
+          "the bound's costs)")
     print(f"pipeline  : {p_e2e:.2f} clips/s end to end, steady {_fmt(p_steady)}; start-up cost {_fmt(p_start, '.1f')} s "
           f"(first rows after {pipe['first_output_s']:.1f} s; Ray start {fig['ray_start_s']:.1f} s not included)")
     print(f"speed-up  : {p_e2e / loop_rate:.2f}× the loop end to end, steady {_fmt(p_steady and p_steady / loop_rate)}× "
@@ -420,11 +347,15 @@ def report(fig: dict[str, Any], loop_rate: float) -> None:
         print("WARNING   : the steady rate is above the physical bound: the measure (or the bound) is wrong")
     sizes = sorted(mem)
     for n in sizes:
-        print(f"memory    : {n:5d} clips → peak RSS {mem[n]['peak_rss'] / 2**30:.2f} GiB "
-              f"({mem[n]['clips'] / mem[n]['seconds']:.2f} clips/s)")
+        top = sorted(mem[n]["pss_by_name"].items(), key=lambda kv: -kv[1])[:4]
+        print(f"memory    : {n:5d} clips → peak PSS {mem[n]['peak_pss'] / 2**30:.2f} GiB, summed RSS "
+              f"{mem[n]['peak_rss'] / 2**30:.2f} GiB ({mem[n]['clips'] / mem[n]['seconds']:.2f} clips/s); at the "
+              "PSS peak: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in top))
     if len(sizes) >= 2:
-        fig["memory_growth"] = growth = mem[sizes[-1]]["peak_rss"] / mem[sizes[0]]["peak_rss"]
-        print(f"growth    : {growth:.2f}× from {sizes[0]} to {sizes[-1]} clips (goal ≤ 1.2×)")
+        lo, hi = mem[sizes[0]], mem[sizes[-1]]
+        fig["memory_growth"] = growth = hi["peak_pss"] / lo["peak_pss"]
+        print(f"growth    : {growth:.2f}× PSS from {sizes[0]} to {sizes[-1]} clips (goal ≤ 1.2×); summed RSS "
+              f"{hi['peak_rss'] / lo['peak_rss']:.2f}× (counts the shared object store once per process)")
 
 
 if __name__ == "__main__":

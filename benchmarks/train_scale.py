@@ -12,7 +12,8 @@ fresh process so that peak memory is its own:
           per-epoch global shuffle (train.shuffle=global, conclugen/training/shuffle.py)
 
 and prints, as ratios measured in the same run:
-  samples/s  ray ÷ plain (median epoch after the first)              goal ≥ 0.9
+  samples/s  ray ÷ plain (median of the middle epochs: not the first, whose start waits for
+             the first read, nor the last, which reads nothing ahead for a next epoch)  goal ≥ 0.9
   peak RSS   1M ÷ 100k, of the driver and of the Train worker          goal ≤ 1.2
   time to first step (s, and ray ÷ plain)
 
@@ -138,7 +139,7 @@ def plain_child(root: str, args: argparse.Namespace) -> dict:
         st.run_epoch(batches(epoch), epoch, train=True,
                      after_first_step=lambda: first.append(time.perf_counter() - t0) if not first else None)
         rates.append(done[0] / (time.perf_counter() - t_epoch))
-    return {"samples_per_s": rates[1:], "first_step_s": first[0], "peak_rss": _hwm(os.getpid())}
+    return {"samples_per_s": rates[1:-1], "first_step_s": first[0], "peak_rss": _hwm(os.getpid())}
 
 
 def ray_child(root: str, args: argparse.Namespace) -> dict:
@@ -171,7 +172,7 @@ def ray_child(root: str, args: argparse.Namespace) -> dict:
         stop.set()
         ray.shutdown()
     first = min(r["time"] for r in worker_records(run_uri) if r["epoch"] == 0) - t0
-    rates = [ck["metrics"]["samples_per_s"] for ck in find_checkpoints(run_uri)][1:]
+    rates = [ck["metrics"]["samples_per_s"] for ck in find_checkpoints(run_uri)][1:-1]
     workers = [rss for name, rss in peaks.values() if "RayTrainWorker" in name]
     return {"samples_per_s": rates, "first_step_s": first, "peak_rss": _hwm(os.getpid()),
             "worker_peak_rss": max(workers) if workers else 0}
@@ -221,11 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--row-group-mb", type=float, default=4.0, help="Parquet row group size")
     ap.add_argument("--window-mb", type=float, default=512.0, help="train.shuffle_window_mb")
     ap.add_argument("--object-store-mb", type=int, default=4096)
+    ap.add_argument("--sizes", default="100k,1M", help="which stores to run (100k, 1M or both)")
     ap.add_argument("--child", choices=["plain", "ray"], help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     raw = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(raw)
-    args.epochs = args.epochs or (2 if args.quick else 3)
+    args.epochs = args.epochs or (3 if args.quick else 4)
+    if args.epochs < 3:
+        ap.error("--epochs must be at least 3: the rates are those of the middle epochs")
     if args.child:
         print(json.dumps((plain_child if args.child == "plain" else ray_child)(args.root, args)))
         return 0
@@ -234,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         args.shard_mb, args.row_group_mb, args.window_mb = 0.25, 0.02, 1.0
     else:
         sizes = {"100k": (100_000, REFERENCE_DIMS), "1M": (1_000_000, SMALL_DIMS)}
+    wanted = args.sizes.split(",")
+    if not set(wanted) <= set(sizes):
+        ap.error(f"--sizes: choose from {', '.join(sizes)}")
+    sizes = {k: v for k, v in sizes.items() if k in wanted}
     child_argv = [a for a in raw if a != "--quick"] + (["--quick"] if args.quick else [])
     child_argv += ["--shard-mb", str(args.shard_mb), "--row-group-mb", str(args.row_group_mb),
                    "--window-mb", str(args.window_mb), "--epochs", str(args.epochs)]
@@ -251,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['peak_rss'] / 2**20:.0f} MiB, worker RSS {r['worker_peak_rss'] / 2**20:.0f} MiB", flush=True)
         print(f"{name}: samples/s ray1 / plain = {med(r['samples_per_s']) / med(p['samples_per_s']):.3f} (goal >= 0.9), "
               f"time to first step ray / plain = {r['first_step_s'] / p['first_step_s']:.2f}", flush=True)
+    if len(got) < 2:
+        return 0
     small, big = got["100k"]["ray"], got["1M"]["ray"]
     print(f"peak RSS 1M / 100k: driver {big['peak_rss'] / small['peak_rss']:.2f}, "
           f"worker {big['worker_peak_rss'] / max(small['worker_peak_rss'], 1):.2f} (goal <= 1.2)")

@@ -23,7 +23,7 @@ always reads the plain vectors. See docs/method.md, Pretraining.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -352,7 +352,8 @@ class WorkerBatches:
     :mod:`conclugen.training.shuffle`), else from the Ray Data shard with a local shuffle buffer
     (:func:`iter_fixed`). Training rows get their versions for the epoch from ``versions`` (when
     the store has augmented versions) and, with ``keys``, their ``clip_key``; validation reads
-    the plain vectors."""
+    the plain vectors. ``epochs`` (the run's): the streamed reader reads ahead into the next
+    epoch except after the last."""
 
     def __init__(
         self,
@@ -368,14 +369,17 @@ class WorkerBatches:
         versions: Versions | None = None,
         keys: bool = False,
         files: TrainFiles | None = None,
+        epochs: int | None = None,
     ) -> None:
-        self.plan, self.modalities, self.device = plan, modalities, device
+        self.plan, self.modalities, self.device, self.epochs = plan, modalities, device, epochs
         self.seed, self.rank, self.keys = seed, rank, keys
         self.versions = versions if versions is not None and versions.active else None
         self.train_shard, self.val_shard = train_shard, val_shard if plan.has_val else None
         self.train_cache = ShardCache(train_shard, modalities, device, self.versions, keys) if cache else None
         self.val_cache = ShardCache(val_shard, modalities, device) if cache and self.val_shard is not None else None
         files = files if files is not None or cache else train_files_of(train_shard)
+        if files is not None and not (self.versions or keys):  # the clip ids are only read when used
+            files = replace(files, columns=tuple(c for c in files.columns if c != CLIP_ID))
         self.reader = RankReader(files) if files is not None and not cache else None
 
     def train(self, epoch: int) -> Iterator[Batch]:
@@ -383,7 +387,9 @@ class WorkerBatches:
         if self.train_cache is not None:
             return self.train_cache.batches(p.local_batch, p.steps, self.seed + 1000 * epoch + self.rank, epoch)
         if self.reader is not None:
-            rows = self.reader.batches(epoch, self.seed, self.rank, p.world_size, p.local_batch, p.steps)
+            last = self.epochs is not None and epoch + 1 >= self.epochs  # no next epoch to read ahead for
+            rows = self.reader.batches(epoch, self.seed, self.rank, p.world_size, p.local_batch, p.steps,
+                                       read_ahead=not last)
             return (_train_batch(b, self.modalities, self.device, self.versions, epoch, self.keys) for b in rows)
         return iter_fixed(self.train_shard, p.local_batch, p.steps, self.seed + epoch, self.modalities, self.device,
                           self.versions, epoch, self.keys)

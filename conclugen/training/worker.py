@@ -113,6 +113,7 @@ def train_loop_per_worker(wc: WorkerConfig) -> None:
         plan, stepper.modalities, stepper.device, seed=cfg.train.seed, rank=rank, cache=wc.cache_shards,
         versions=versions,
         keys=stepper.bank is not None,  # memory_bank: batches carry the rows' clip keys
+        epochs=cfg.train.epochs,
     )
     for epoch in range(progress.start_epoch, cfg.train.epochs):
         try:

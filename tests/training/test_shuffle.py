@@ -199,3 +199,64 @@ def test_prefetched_hands_on_errors_and_stops_early():
     while any(t.name == "conclugen-shuffle-read" for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert read in ([0], [0, 1])  # at most the window after the one in use
+
+
+def test_prefetched_calls_then_once_with_whether_the_caller_read_to_the_end():
+    def wait_for(calls: list[bool], n: int) -> None:  # ``then`` runs in the producer thread, after the caller's end
+        deadline = time.monotonic() + 30
+        while len(calls) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    full: list[bool] = []
+    assert list(prefetched([lambda i=i: i for i in range(4)], depth=2, then=full.append)) == [0, 1, 2, 3]
+    wait_for(full, 1)
+    early: list[bool] = []
+    it = prefetched([lambda i=i: i for i in range(50)], depth=2, then=early.append)
+    assert next(it) == 0
+    it.close()
+    wait_for(early, 1)
+    time.sleep(0.05)  # a second call would come right after the first
+    assert (full, early) == ([True], [False])
+
+
+def _collect(batches) -> list[np.ndarray]:
+    return [b[CLIP_ID] for b in batches]
+
+
+def test_read_ahead_reads_the_next_epochs_first_window_early_and_changes_no_batch(sorted_store, monkeypatch):
+    import conclugen.training.shuffle as shuffle
+
+    files = train_files(sorted_store, 300)  # several windows per epoch
+    fresh = [_collect(RankReader(files).batches(e, 7, 0, 1, 64, N_TRAIN // 64, read_ahead=False))
+             for e in range(3)]
+    read_epochs: list[int] = []
+    real = shuffle.read_window
+    monkeypatch.setattr(shuffle, "read_window", lambda *a: read_epochs.append(a[4]) or real(*a))
+    reader = RankReader(files)
+    got = [_collect(reader.batches(0, 7, 0, 1, 64, N_TRAIN // 64))]
+    deadline = time.monotonic() + 30
+    while 1 not in read_epochs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert read_epochs.count(1) == 1  # epoch 1's first window, before epoch 1 was asked for
+    got.append(_collect(reader.batches(1, 7, 0, 1, 64, N_TRAIN // 64)))
+    got.append(_collect(reader.batches(2, 7, 0, 1, 64, N_TRAIN // 64, read_ahead=False)))
+    windows = [len(reader.pieces(e, 7, 0, 1, N_TRAIN // 64 * 64)) for e in range(3)]
+    assert windows[0] > 1 and read_epochs.count(1) == windows[1]  # that window was not read twice
+    assert read_epochs.count(3) == 0  # nothing read ahead after the last epoch
+    for e in range(3):
+        assert all(np.array_equal(a, b) for a, b in zip(got[e], fresh[e], strict=True)), f"epoch {e} differs"
+
+
+def test_an_epoch_closed_early_does_not_stall_the_next(sorted_store):
+    files = train_files(sorted_store, 300)
+    expected = _collect(RankReader(files).batches(1, 7, 0, 1, 64, N_TRAIN // 64, read_ahead=False))
+    reader = RankReader(files)
+    first = reader.batches(0, 7, 0, 1, 64, N_TRAIN // 64)
+    next(first)
+    first.close()  # e.g. a non-finite loss: the read-ahead into epoch 1 is called off
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(_collect(reader.batches(1, 7, 0, 1, 64, N_TRAIN // 64))))
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "the next epoch waited for a read-ahead that never came"
+    assert all(np.array_equal(a, b) for a, b in zip(got[0], expected, strict=True))
