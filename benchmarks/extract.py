@@ -335,7 +335,7 @@ def report(fig: dict[str, Any], loop_rate: float) -> None:
           f"forward threads (backbone_actors × backbone_threads)")
     print(f"pool      : {q_e2e:.2f} clips/s end to end, steady {_fmt(q_steady)}; start-up cost {_fmt(q_start, '.1f')} s")
     bq_e2e, bq_steady, _ = _rates(fig["pool_batched"])
-    print(f"pool, batched : {bq_e2e:.2f} clips/s end to end, steady {_fmt(bq_steady)} (forward at backbone batch; "
+    print(f"batched   : {bq_e2e:.2f} clips/s end to end, steady {_fmt(bq_steady)} (forward at backbone batch; "
           "the bound's costs)")
     print(f"pipeline  : {p_e2e:.2f} clips/s end to end, steady {_fmt(p_steady)}; start-up cost {_fmt(p_start, '.1f')} s "
           f"(first rows after {pipe['first_output_s']:.1f} s; Ray start {fig['ray_start_s']:.1f} s not included)")

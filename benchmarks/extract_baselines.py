@@ -43,7 +43,7 @@ def forward_work(items: list[dict[str, Any]], models: dict[str, Any]) -> dict[st
         if kind == "asr":
             todo = [it for it in items if it["text"] is None and it["audio"] is not None]
             if todo:
-                for it, text in zip(todo, model.transcribe([it["audio"]for it in todo]), strict=True):
+                for it, text in zip(todo, model.transcribe([it["audio"] for it in todo]), strict=True):
                     it["text"] = text
         else:
             model.embed([it[kind] for it in items])

@@ -352,8 +352,7 @@ class WorkerBatches:
     :mod:`conclugen.training.shuffle`), else from the Ray Data shard with a local shuffle buffer
     (:func:`iter_fixed`). Training rows get their versions for the epoch from ``versions`` (when
     the store has augmented versions) and, with ``keys``, their ``clip_key``; validation reads
-    the plain vectors. ``epochs`` (the run's): the streamed reader reads ahead into the next
-    epoch except after the last."""
+    the plain vectors. ``epochs``: the run's (the reader reads ahead into a next epoch)."""
 
     def __init__(
         self,
@@ -387,9 +386,8 @@ class WorkerBatches:
         if self.train_cache is not None:
             return self.train_cache.batches(p.local_batch, p.steps, self.seed + 1000 * epoch + self.rank, epoch)
         if self.reader is not None:
-            last = self.epochs is not None and epoch + 1 >= self.epochs  # no next epoch to read ahead for
-            rows = self.reader.batches(epoch, self.seed, self.rank, p.world_size, p.local_batch, p.steps,
-                                       read_ahead=not last)
+            ahead = self.epochs is None or epoch + 1 < self.epochs
+            rows = self.reader.batches(epoch, self.seed, self.rank, p.world_size, p.local_batch, p.steps, ahead)
             return (_train_batch(b, self.modalities, self.device, self.versions, epoch, self.keys) for b in rows)
         return iter_fixed(self.train_shard, p.local_batch, p.steps, self.seed + epoch, self.modalities, self.device,
                           self.versions, epoch, self.keys)

@@ -277,7 +277,7 @@ class RankReader:
         loads = [functools.partial(read_window, self.files, self.units, w, seed, epoch) for w in windows]
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] == (epoch, seed, rank, world_size, local_batch * steps):
-            loads[0] = functools.partial(_ahead_or, ahead[1], loads[0])
+            loads[0] = functools.partial(_ahead_or, [ahead[1]], loads[0])
         if not read_ahead:
             return fixed_batches(prefetched(loads), local_batch, steps, seed, epoch, rank)
         nxt = (epoch + 1, seed, rank, world_size, local_batch * steps)
@@ -297,8 +297,11 @@ class RankReader:
         return fixed_batches(prefetched(loads, then=then), local_batch, steps, seed, epoch, rank)
 
 
-def _ahead_or(future: Future, load: Callable[[], Any]) -> Any:
-    """The window read ahead, or ``load()`` when that read was called off (an early close)."""
+def _ahead_or(box: list[Future], load: Callable[[], Any]) -> Any:
+    """The window read ahead, or ``load()`` when that read was called off (an early close).
+    The future leaves ``box`` first: the producer keeps this call for the whole epoch, and a
+    future kept with it would keep the window in memory beside the next two."""
+    future = box.pop()
     try:
         return future.result()
     except CancelledError:
