@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
     from conclugen.config import Config
 
+# MLflow 3's client sends usage telemetry off the machine from a background thread unless told
+# not to: off unless the user set it (the server started by devtools.mlflow_server does the same).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 # MLflow's param values are capped (6000 chars in MLflow 3); longer values are cut, not rejected.
 _MAX_PARAM = 6000
 

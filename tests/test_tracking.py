@@ -147,3 +147,21 @@ def test_experiments_are_tagged_as_training_experiments(tmp_path):
     assert tracking.experiment_ui_url("http://127.0.0.1:5000/", "7") == \
         "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
     assert tracking.experiment_ui_url(uri, "7") is None
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "true"), ("false", "false")])
+def test_mlflow_telemetry_off_unless_the_user_set_it(given, expected):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
+    if given is not None:
+        env["MLFLOW_DISABLE_TELEMETRY"] = given
+    code = ("import os, conclugen.tracking, mlflow.telemetry.utils as t; "
+            "print(os.environ['MLFLOW_DISABLE_TELEMETRY'], t.is_telemetry_disabled())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    value, disabled = out.stdout.split()
+    assert value == expected
+    if expected == "true":  # (with "false", MLflow may still turn it off itself, e.g. under CI)
+        assert disabled == "True"
