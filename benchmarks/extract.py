@@ -332,8 +332,8 @@ def report(fig: dict[str, Any], loop_rate: float) -> None:
           f"{ec['backbone_batch_size']}, stages {ec['backbone_stages']}")
     print(f"loop      : {loop_rate:.2f} clips/s ({loop['threads']} torch threads)")
     print(f"per clip  : decode {b['d']:.3f} s + forward {b['f']:.3f} s on one core (pool at backbone batch "
-          f"{fig['pool_batched']['batch']}, all cores busy, first task of each process left out; at batch 1: decode {pool['t_decode'] / pool['clips']:.3f}"
-          f" + forward {pool['t_forward'] / pool['clips']:.3f} s)")
+          f"{fig['pool_batched']['batch']}, all cores busy, first task of each process left out; "
+          f"at batch 1: decode {pool['t_decode'] / pool['clips']:.3f} + forward {pool['t_forward'] / pool['clips']:.3f} s)")
     print(f"bound     : {b['speedup']:.2f}× the loop = min(forward {b['forward_rate']:.2f}, machine "
           f"{b['machine_rate']:.2f}) clips/s; the machine term needs ≥ {b['forward_threads_needed']} "
           f"forward threads (backbone_actors × backbone_threads)")
