@@ -42,9 +42,9 @@ cannot do more than ``P`` core-seconds of work per second. Decode tasks have no 
 own: OpenCV runs its own threads inside a task, so only the machine term binds them. The bound is
 that rate × the loop's seconds per clip; the batched pool reaches ``P / (d + f)`` by
 construction. The costs leave out each pool process's first task (its first forward pass also
-builds oneDNN's kernels: counted in, it put the pipeline's steady rate at 109% of the bound). They
-are at the actors' batch: the bound from batch-1 costs (the per-clip
-pool's) was exceeded by the pipeline (121%) because batching makes forward cheaper per clip.
+builds oneDNN's kernels: counted in, it put the pipeline's steady rate at 109% of the bound).
+They are at the actors' batch: the bound from batch-1 costs (the per-clip pool's) was exceeded
+by the pipeline (121%) because batching makes forward cheaper per clip.
 
 The backbones are the config's (offline defaults unless ``--config/--set`` say otherwise).
 """
