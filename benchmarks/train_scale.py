@@ -6,8 +6,9 @@ dims (video 4096, audio 1024, text 768) and 1M rows at small dims. On each it ru
 fresh process so that peak memory is its own:
 
   plain   a plain PyTorch loop over the same Parquet files: per epoch the files in a seeded
-          random order, each read with pyarrow, its rows permuted, fixed batches, the same
-          Stepper (model, losses, k-means, AdamW) as the Ray workers
+          random order, each read with pyarrow (the next one in a background thread while this
+          one trains), its rows permuted, fixed batches, the same Stepper (model, losses,
+          k-means, AdamW) as the Ray workers
   ray     `run_pretrain(stream=True)` with 1 Ray Train worker: the streamed path with the
           per-epoch global shuffle (train.shuffle=global, conclugen/training/shuffle.py)
 
@@ -24,6 +25,13 @@ Peak RSS is the kernel's high-water mark (VmHWM) of each process, polled from /p
 driver. model.input_norm=none, so both loops do the same work before the first step (the
 standardisation statistics are one more pass over the store on the Ray side).
 
+``--threads`` (torch threads of both loops, the Train worker's CPUs) defaults to the cores less
+one, as on a cluster node, where Ray's own processes (raylet, GCS, the Train controller and its
+helper actors, idle workers: ~1% of a core each, ~15-20% in all) have somewhere to run. With every
+core given to torch threads, each of their wake-ups preempts one thread of an OpenMP team and
+stalls the rest; on 2 cores that cost the Ray side ~25% (`--threads 2`: 0.73 of the plain loop,
+`--threads 1`: see the README).
+
     python benchmarks/train_scale.py            # 100k × 5888 floats and 1M × 144 floats
     python benchmarks/train_scale.py --quick    # tiny, to check it works
 """
@@ -39,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -121,12 +130,21 @@ def plain_child(root: str, args: argparse.Namespace) -> dict:
     first: list[float] = []
     done = [0]
 
+    def read(i: int) -> dict[str, np.ndarray]:
+        t = pq.read_table(files[i], columns=mods)
+        return {m: column_array(t.column(m)) for m in mods}
+
+    reader = ThreadPoolExecutor(1)  # the next file is read while this one trains, as the Ray path does
+
     def batches(epoch: int):
         rng = np.random.default_rng([cfg.train.seed, epoch])
         carry: dict[str, np.ndarray] | None = None
-        for i in rng.permutation(len(files)):
-            t = pq.read_table(files[i], columns=mods)
-            arrays = {m: column_array(t.column(m)) for m in mods}
+        order = rng.permutation(len(files))
+        ahead = reader.submit(read, order[0])
+        for j in range(len(order)):
+            arrays = ahead.result()
+            if j + 1 < len(order):
+                ahead = reader.submit(read, order[j + 1])
             if carry is not None:
                 arrays = {m: np.concatenate([carry[m], arrays[m]]) for m in mods}
             perm = rng.permutation(len(arrays[mods[0]]))
@@ -224,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny stores, to check the script works")
     ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=4, help="torch threads = CPUs of the Train worker")
+    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                    help="torch threads = CPUs of the Train worker (default: the cores less one)")
     ap.add_argument("--shard-mb", type=float, default=128.0, help="file size (extract.shard_mb)")
     ap.add_argument("--row-group-mb", type=float, default=4.0, help="Parquet row group size")
     ap.add_argument("--window-mb", type=float, default=512.0, help="train.shuffle_window_mb")
