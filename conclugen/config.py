@@ -100,7 +100,8 @@ class ExtractConfig(Section):
     backbone_stages: Literal["fused", "separate"] = "fused"
     # torch threads (and CPUs reserved) per backbone actor; 0 = 1 CPU, torch's choice of threads
     backbone_threads: int = Field(0, ge=0)
-    # concurrent decode tasks; 0 = as many as Ray's free CPUs allow
+    # concurrent decode tasks; 0 = as many as Ray's free CPUs allow, at most one per core on a
+    # one-node cluster that declares more CPUs than cores (features/decode_stage.decode_concurrency)
     decode_tasks: int = Field(0, ge=0)
     # Retries of one clip read; None = the storage section's policy (storage.retries /
     # storage.retry_seconds). A read that still fails because the storage is unreachable stops

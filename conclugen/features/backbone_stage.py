@@ -10,6 +10,7 @@ import numpy as np
 
 from conclugen.config import ExtractConfig, StorageConfig
 from conclugen.features.augment_stage import version_vectors
+from conclugen.features.heap import release_freed_memory
 from conclugen.features.rows import aug_key, pack, unpack
 from conclugen.features.store import BackboneInfo, error_text
 
@@ -53,6 +54,7 @@ class BackboneStage:
         out["err"] = np.asarray([str(s) for s in batch["err"]], dtype=object)
         for kind, model in self.models:
             apply_backbone(kind, model, out, self.augmentations)
+        release_freed_memory()  # the frames and activations of the batch are gone by now
         if self.counter is not None:  # fire and forget: progress never slows the pipeline down
             self.counter.add.remote(len(out["clip_id"]))
         return out

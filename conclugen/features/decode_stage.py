@@ -5,18 +5,44 @@ read | decode[:<media stage>]."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pyarrow as pa
 
 from conclugen import storage
 from conclugen.config import Config, StorageConfig
+from conclugen.features.heap import release_freed_memory
 from conclugen.features.rows import DECODED_COLUMNS, pack
 from conclugen.features.store import error_text
 
 # A decode worker holds torch, PyAV and one decoded clip: ~300 MB. Reserving it also keeps Ray
 # Data from fusing the decode tasks into the first backbone actor (see build_dataset).
 DECODE_TASK_MEMORY = 512 * 1024**2
+
+
+def decode_concurrency(requested: int, cluster_cpus: float, local_single_node: bool,
+                       machine_cores: int | None) -> int | None:
+    """How many decode tasks may run at once; None: as many as Ray's free CPUs allow.
+
+    ``extract.decode_tasks`` when set (> 0). Otherwise a cluster that is this machine alone and
+    declares more CPUs than it has cores (:func:`conclugen.runtime.start_local_ray` declares at
+    least 8) runs at most one decode task per core: each more only adds a worker process (~270 MB
+    with PyAV, OpenCV and torch loaded) contending for the same cores; on 2 cores, 6 of them held
+    ~1.9 GB. A real cluster's CPUs are its cores: Ray's own limit is the right one there."""
+    if requested > 0:
+        return requested
+    if local_single_node and machine_cores and cluster_cpus > machine_cores:
+        return machine_cores
+    return None
+
+
+def machine_cores() -> int | None:
+    """The cores this process may run on (the affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
 
 
 def read_and_decode(row: dict[str, Any], cfg: Config, storage_cfg: StorageConfig) -> dict[str, Any]:
@@ -63,4 +89,5 @@ def decode_batch(batch: pa.Table, cfg_json: str, storage_cfg: StorageConfig) -> 
         r = read_and_decode(row, cfg, storage_cfg)
         for k in out:
             out[k].append(r[k])
+    release_freed_memory()  # the batch's decoded frames are packed: an idle worker keeps no heap
     return out
