@@ -123,3 +123,24 @@ def require_ray(what: str) -> None:
     if not ray.is_initialized():
         raise RayNotStartedError(
             f"{what} needs Ray: call conclugen.runtime.ensure_ray(cfg) first (the conclugen CLI does)")
+
+
+def machine_cores() -> int:
+    """The cores this process may run on: its affinity mask where the OS has one (a container's
+    or a `taskset`'s share, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def cluster_is_this_machine() -> bool:
+    """Ray is running here with one alive node, the driver's own (not a remote cluster joined
+    from a laptop, not several nodes)."""
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    try:
+        here = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001  (a Ray Client driver is on no node)
+        return False
+    return len(alive) == 1 and alive[0].get("NodeID") == here

@@ -57,6 +57,15 @@ def test_ensure_ray_reuses_a_running_cluster(ray_cluster: None) -> None:
     runtime.require_ray("this test")  # does not raise
 
 
+@pytest.mark.ray
+def test_the_local_cluster_is_this_machine_and_the_core_count_is_this_processs(ray_cluster: None) -> None:
+    # the test session's cluster is start_local_ray's: one node, the driver's own
+    assert runtime.cluster_is_this_machine() is True
+    if hasattr(os, "sched_getaffinity"):
+        assert runtime.machine_cores() == len(os.sched_getaffinity(0))
+    assert 1 <= runtime.machine_cores() <= (os.cpu_count() or 1)
+
+
 @pytest.mark.slow
 def test_ensure_ray_in_a_fresh_process_binds_loopback_and_library_code_needs_it(tmp_path: Path) -> None:
     """The entry-point path in a process where Ray is not imported yet (the CLI's case):

@@ -5,7 +5,6 @@ read | decode[:<media stage>]."""
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import pyarrow as pa
@@ -35,14 +34,6 @@ def decode_concurrency(requested: int, cluster_cpus: float, local_single_node: b
     if local_single_node and machine_cores and cluster_cpus > machine_cores:
         return machine_cores
     return None
-
-
-def machine_cores() -> int | None:
-    """The cores this process may run on (the affinity mask, where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count()
 
 
 def read_and_decode(row: dict[str, Any], cfg: Config, storage_cfg: StorageConfig) -> dict[str, Any]:

@@ -77,12 +77,7 @@ from conclugen.features.backbone_stage import (
 )
 from conclugen.features.backbones.registry import input_form
 from conclugen.features.compact import dedupe_store, recover
-from conclugen.features.decode_stage import (
-    DECODE_TASK_MEMORY,
-    decode_batch,
-    decode_concurrency,
-    machine_cores,
-)
+from conclugen.features.decode_stage import DECODE_TASK_MEMORY, decode_batch, decode_concurrency
 from conclugen.features.manifest_store import (
     clear_manifests,
     manifest_dataset,
@@ -104,7 +99,7 @@ from conclugen.features.store import (
 )
 from conclugen.features.summary import ExtractSummary, accounting
 from conclugen.locks import output_lock
-from conclugen.runtime import require_ray
+from conclugen.runtime import cluster_is_this_machine, machine_cores, require_ray
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +126,10 @@ def build_dataset(source: Any, cfg: Config, storage_cfg: StorageConfig, progress
     import ray
 
     ecfg = cfg.extract
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
     if isinstance(source, list):
-        cpus = float(ray.cluster_resources().get("CPU", 1.0))
         source = rows_dataset(source, task_clips(len(source), ecfg, cpus))
-    decoders = decode_concurrency(ecfg.decode_tasks, float(ray.cluster_resources().get("CPU", 0.0)),
-                                  _cluster_is_this_machine(), machine_cores())
+    decoders = decode_concurrency(ecfg.decode_tasks, cpus, cluster_is_this_machine(), machine_cores())
     ds = source.map_batches(decode_batch, fn_kwargs={"cfg_json": cfg.model_dump_json(), "storage_cfg": storage_cfg},
                             batch_size=ecfg.decode_batch_size, batch_format="pyarrow", num_cpus=1,
                             compute=ray.data.TaskPoolStrategy(size=decoders),
@@ -158,18 +152,6 @@ def build_dataset(source: Any, cfg: Config, storage_cfg: StorageConfig, progress
             num_cpus=ecfg.backbone_threads or 1, num_gpus=gpus,
         )
     return ds
-
-
-def _cluster_is_this_machine() -> bool:
-    """One alive node, and it is the driver's (not a remote cluster joined from a laptop)."""
-    import ray
-
-    alive = [n for n in ray.nodes() if n.get("Alive")]
-    try:
-        here = ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001  (a Ray Client driver is on no node)
-        return False
-    return len(alive) == 1 and alive[0].get("NodeID") == here
 
 
 def run_extract(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import tempfile
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ from conclugen.data.corpora.meld import MELD_COLUMNS
 from conclugen.data.synthetic.plan import EMOTIONS, POOL, SPLITS, UNLABELED, plan_corpus
 from conclugen.data.synthetic.render import render_job
 from conclugen.data.synthetic.speech import resolve_voice
+from conclugen.runtime import machine_cores
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -175,8 +175,7 @@ def _worker_count(workers: int | None, n_clips: int) -> int:
     if workers is None:
         # CPUs this process may use (not the host's count), at most 8; a pool only pays for
         # its start-up (spawned interpreters) from a few clips per worker on.
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        workers = min(cpus, 8, max(1, n_clips // 4))
+        workers = min(machine_cores(), 8, max(1, n_clips // 4))
     return max(1, min(int(workers), n_clips))
 
 
